@@ -1,0 +1,162 @@
+//! The admin listener: health, readiness, metrics and key administration.
+
+use crate::error::{Body, Problem};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, hex};
+use crate::replay::full;
+use crate::store::{Record, RecordId};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Readiness must answer quickly even when the store does not.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Admin {
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+    /// Set at shutdown, so that readiness fails while requests drain.
+    draining: AtomicBool,
+}
+
+impl Admin {
+    pub fn new(pipeline: Arc<Pipeline>, metrics: Arc<Metrics>, token: Option<String>) -> Admin {
+        Admin { pipeline, metrics, token, draining: AtomicBool::new(false) }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let result = match (req.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+            (&Method::GET, "/readyz") => Ok(self.ready().await),
+            (&Method::GET, "/metrics") => Ok(self.metrics()),
+            (method, p) if p.starts_with("/admin/") => self.keys(method, p, req.uri().query(), req.headers()).await,
+            _ => Err(Problem::NotFound(format!("no admin endpoint {} {path}", req.method()))),
+        };
+        result.unwrap_or_else(Problem::into_response)
+    }
+
+    async fn ready(&self) -> Response<Body> {
+        if self.draining.load(Ordering::Relaxed) {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
+        match tokio::time::timeout(READY_TIMEOUT, self.pipeline.records.backend().check_writable()).await {
+            Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
+            Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the store did not answer in time\n"),
+        }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let mut response = Response::new(full(Bytes::from(self.metrics.encode())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    }
+
+    /// `GET` and `DELETE /admin/keys/{route}/{key}[?scope=VALUE]`.
+    async fn keys(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Result<Response<Body>, Problem> {
+        self.authorize(headers)?;
+        let rest =
+            path.strip_prefix("/admin/keys/").ok_or_else(|| Problem::NotFound(format!("no admin endpoint {path}")))?;
+        let (route_name, raw_key) =
+            rest.split_once('/').ok_or_else(|| Problem::NotFound("use /admin/keys/{route}/{key}".into()))?;
+        let route = self
+            .pipeline
+            .router
+            .get(route_name)
+            .ok_or_else(|| Problem::NotFound(format!("no route named {route_name:?}")))?;
+        let key = percent_encoding::percent_decode_str(raw_key)
+            .decode_utf8()
+            .map_err(|_| Problem::BadRequest("the key is not valid UTF-8".into()))?
+            .into_owned();
+        let scope_value = query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "scope").map(|(_, v)| v.into_owned())
+        });
+        let scope = match (&route.scope, scope_value) {
+            (None, _) => String::new(),
+            (Some(_), Some(v)) => hex(&Sha256::digest(v.as_bytes())),
+            (Some(_), None) => {
+                return Err(Problem::BadRequest(format!("route {route_name:?} is scoped: add ?scope=VALUE")));
+            }
+        };
+        let id = RecordId { route: route.name.clone(), scope, key };
+        match *method {
+            Method::GET => match self.pipeline.records.get(&id).await? {
+                Some(record) => Ok(json(&record_json(&id, &record))),
+                None => Err(Problem::NotFound(format!("no record for key {:?} on route {route_name:?}", id.key))),
+            },
+            Method::DELETE => {
+                let deleted = self.pipeline.records.delete(&id).await?;
+                tracing::info!(route = %id.route, key = %id.key, deleted, "key deleted by an operator");
+                let mut response = Response::new(full(Bytes::new()));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                Ok(response)
+            }
+            _ => Err(Problem::NotFound(format!("{method} is not supported here; use GET or DELETE"))),
+        }
+    }
+
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<(), Problem> {
+        let Some(expected) = &self.token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) { Ok(()) } else { Err(Problem::Unauthorized) }
+    }
+}
+
+/// Compares digests, so the time taken says nothing about how much of the token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+}
+
+fn record_json(id: &RecordId, r: &Record) -> serde_json::Value {
+    serde_json::json!({
+        "route": &*id.route,
+        "key": id.key,
+        "state": r.state,
+        "status": r.status,
+        "created": rfc3339(r.created_ms),
+        "expires": rfc3339(r.expires_ms),
+    })
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(value.to_string())));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

@@ -1,0 +1,336 @@
+//! The configuration: typed, parsed once, validated, then immutable.
+//!
+//! A YAML file (through figment's YAML provider from serde-saphyr) overlaid with `IDEMGATE_*`
+//! environment variables (`__` between levels). Unknown fields are errors. [`load`] returns a
+//! [`Config`] whose every invariant [`Config::validate`] has checked; each component takes its own
+//! section from it.
+
+mod units;
+
+pub use units::{Dur, Size};
+
+use figment::Figment;
+use figment::providers::{Env, Format};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a config could not be used. The message always names the offending field.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(field: impl std::fmt::Display, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{field}: {why}"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub defaults: RouteOptions,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub header_read_timeout: Dur,
+    pub max_connections: usize,
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_connections: 4096,
+            shutdown_grace: Dur(Duration::from_secs(25)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9090)), token: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Required; kept optional here so that its absence is reported by name, not as a parse error.
+    pub url: Option<String>,
+    pub connect_timeout: Dur,
+    pub timeout: Dur,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self { url: None, connect_timeout: Dur(Duration::from_secs(1)), timeout: Dur(Duration::from_secs(30)) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub sqlite: SqliteConfig,
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("data/idemgate.db") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub max_bytes: Size,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { max_bytes: Size(64 << 20) }
+    }
+}
+
+/// One place a key (or a scope) can come from. In YAML: `{ header: X-GitHub-Delivery }`,
+/// `{ json: /id }`, `{ query: idempotency_key }`, `{ form: MessageSid }`, `{ all: [...] }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum KeySource {
+    Header(String),
+    Json(String),
+    Query(String),
+    Form(String),
+    All(Vec<KeySpec>),
+}
+
+/// A single source, or a list tried in order until one yields a key.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged, expecting = "a key source ({header|json|query|form|all: ...}) or a list of them")]
+pub enum KeySpec {
+    One(KeySource),
+    FirstOf(Vec<KeySpec>),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum FingerprintSpec {
+    None,
+    Body,
+    Json(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrent {
+    Reject,
+    Wait,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingKey {
+    Reject,
+    Forward,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// Declares the per-route policy fields once: `RouteOptions` (all optional, used for `defaults:`),
+/// the same fields on `RouteConfig`, and the resolved `Policy` with the built-in defaults.
+macro_rules! policy_fields {
+    ($($(#[$doc:meta])* $field:ident : $ty:ty = $default:expr;)*) => {
+        #[derive(Debug, Clone, Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        pub struct RouteOptions { $(pub $field: Option<$ty>,)* }
+
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RouteConfig {
+            pub name: String,
+            #[serde(rename = "match")]
+            pub matcher: MatchConfig,
+            pub key: Option<KeySpec>,
+            pub scope: Option<KeySpec>,
+            $(pub $field: Option<$ty>,)*
+        }
+
+        /// A route's policy after `defaults:` and the built-in defaults are applied.
+        #[derive(Debug, Clone)]
+        pub struct Policy { $($(#[$doc])* pub $field: $ty,)* }
+
+        impl Policy {
+            pub fn resolve(defaults: &RouteOptions, route: &RouteConfig) -> Policy {
+                Policy { $($field: route.$field.clone()
+                    .or_else(|| defaults.$field.clone())
+                    .unwrap_or_else(|| $default),)* }
+            }
+        }
+    };
+}
+
+policy_fields! {
+    /// How long a completed key is remembered.
+    ttl: Dur = Dur(Duration::from_secs(7 * 24 * 3600));
+    /// How long an unfinished claim blocks duplicates.
+    lease: Dur = Dur(Duration::from_secs(60));
+    concurrent: Concurrent = Concurrent::Reject;
+    wait_timeout: Dur = Dur(Duration::from_secs(10));
+    store_status: Vec<String> = vec!["2xx".to_string()];
+    max_body: Size = Size(1 << 20);
+    max_response_body: Size = Size(1 << 20);
+    max_key_length: usize = 255;
+    missing_key: MissingKey = MissingKey::Reject;
+    fingerprint: FingerprintSpec = FingerprintSpec::None;
+    forward_key_header: String = "X-Idempotency-Key".to_string();
+}
+
+/// Reads the file, overlays the environment, and validates the result.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
+    // serde-saphyr reports the line and column of what it rejects in the file itself; the
+    // figment pass below adds the environment but loses positions, so check the file first.
+    serde_saphyr::from_str_with_options::<Config>(&text, serde_saphyr::options! { with_snippet: false })
+        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    let config: Config = Figment::from(serde_saphyr::figment::Yaml::string(&text))
+        .merge(env_overrides())
+        .extract()
+        .map_err(|e| ConfigError(describe_figment_error(e)))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// `IDEMGATE_UPSTREAM__URL=...` sets `upstream.url`. `IDEMGATE_CONFIG` names the file and the
+/// test suite's `IDEMGATE_TEST_*` variables are not config.
+fn env_overrides() -> Env {
+    Env::prefixed("IDEMGATE_").filter(|k| k != "config" && !k.as_str().starts_with("test_")).split("__")
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let field = e.path.join(".");
+            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let kind = e.kind.to_string();
+            match (field.is_empty(), source.is_empty()) {
+                (true, _) => kind,
+                (false, true) => format!("{field}: {kind}"),
+                (false, false) => format!("{field}: {kind} (from {source})"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Config {
+    /// Checks everything serde cannot: cross-field rules, required fields, value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_upstream()?;
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.admin.token.as_deref() == Some("") {
+            return Err(invalid("admin.token", "must not be empty (omit it to disable)"));
+        }
+        if self.store.sqlite.path.as_os_str().is_empty() {
+            return Err(invalid("store.sqlite.path", "must not be empty"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({})", route.name);
+            if route.name.is_empty() || !route.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(invalid(format!("routes[{i}].name"), "must be non-empty letters, digits, '-', '_' or '.'"));
+            }
+            if !names.insert(route.name.as_str()) {
+                return Err(invalid(format!("routes[{i}].name"), format!("duplicate route name {:?}", route.name)));
+            }
+            crate::route::Route::compile(route, &self.defaults, self.upstream.timeout).map_err(|e| invalid(at, e))?;
+        }
+        Ok(())
+    }
+
+    fn validate_upstream(&self) -> Result<(), ConfigError> {
+        let url =
+            self.upstream.url.as_deref().ok_or_else(|| {
+                invalid("upstream.url", "is required (the app's address, e.g. http://127.0.0.1:3000)")
+            })?;
+        let uri: http::Uri = url.parse().map_err(|e| invalid("upstream.url", format!("{url:?} is not a URL: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(invalid("upstream.url", format!("{url:?} must be http://host:port")));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(invalid("upstream.url", "must not have a path or query; requests keep their own"));
+        }
+        if self.upstream.timeout.0.is_zero() {
+            return Err(invalid("upstream.timeout", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! The one mapping from failures to responses: RFC 9457 `application/problem+json`.
+//!
+//! Stages return a [`Problem`]; the pipeline's edge turns it into a response with
+//! [`Problem::into_response`] and logs it once, with the request's route and key.
+
+use crate::key::KeyError;
+use crate::metrics::Outcome;
+use crate::route::PathError;
+use crate::store::StoreError;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything idemgate itself can answer instead of the app.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("the request path cannot be normalized safely: {0}")]
+    BadPath(#[from] PathError),
+    #[error("{0}")]
+    BadKey(#[from] KeyError),
+    #[error("the scope ({0}) is missing")]
+    MissingScope(String),
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
+    #[error("an earlier request with this idempotency key is still in progress")]
+    InFlight,
+    #[error("this idempotency key was already used with a different payload")]
+    Mismatch,
+    #[error("the app could not be reached: {0}")]
+    UpstreamUnreachable(String),
+    #[error("the app did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl Problem {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Problem::BadPath(_)
+            | Problem::BadKey(_)
+            | Problem::MissingScope(_)
+            | Problem::BodyUnreadable(_)
+            | Problem::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Problem::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::InFlight => StatusCode::CONFLICT,
+            Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Problem::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Problem::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::NotFound(_) => StatusCode::NOT_FOUND,
+            Problem::Unauthorized => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// A stable slug, part of the `type` URI; clients may branch on it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::BadPath(_) => "bad-path",
+            Problem::BadKey(KeyError::Missing(_)) => "missing-key",
+            Problem::BadKey(_) => "invalid-key",
+            Problem::MissingScope(_) => "missing-scope",
+            Problem::BodyTooLarge(_) => "body-too-large",
+            Problem::BodyUnreadable(_) => "bad-body",
+            Problem::InFlight => "key-in-flight",
+            Problem::Mismatch => "payload-mismatch",
+            Problem::UpstreamUnreachable(_) => "upstream-unreachable",
+            Problem::UpstreamTimeout(_) => "upstream-timeout",
+            Problem::Store(_) => "store-unavailable",
+            Problem::NotFound(_) => "not-found",
+            Problem::Unauthorized => "unauthorized",
+            Problem::BadRequest(_) => "bad-request",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Problem::BadPath(_) => "Unsafe request path",
+            Problem::BadKey(KeyError::Missing(_)) => "Missing idempotency key",
+            Problem::BadKey(_) => "Invalid idempotency key",
+            Problem::MissingScope(_) => "Missing scope",
+            Problem::BodyTooLarge(_) => "Request body too large",
+            Problem::BodyUnreadable(_) => "Unreadable request body",
+            Problem::InFlight => "Request in progress",
+            Problem::Mismatch => "Idempotency key reused with another payload",
+            Problem::UpstreamUnreachable(_) => "Upstream unreachable",
+            Problem::UpstreamTimeout(_) => "Upstream timeout",
+            Problem::Store(_) => "Idempotency store unavailable",
+            Problem::NotFound(_) => "Not found",
+            Problem::Unauthorized => "Unauthorized",
+            Problem::BadRequest(_) => "Bad request",
+        }
+    }
+
+    /// The outcome label this problem is counted under.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Problem::InFlight => Outcome::conflict,
+            Problem::Mismatch => Outcome::mismatch,
+            Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) => Outcome::upstream_error,
+            Problem::Store(_) => Outcome::store_error,
+            _ => Outcome::rejected,
+        }
+    }
+
+    /// Seconds a client should wait before trying again, where trying again can succeed.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Problem::InFlight | Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) | Problem::Store(_) => {
+                Some(1)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "type": format!("urn:idemgate:problem:{}", self.kind()),
+            "title": self.title(),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        let mut response = Response::new(crate::replay::full(Bytes::from(body.to_string())));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,107 @@
+//! The `idemgate` command: `serve` runs the proxy, `check` validates a config.
+
+use clap::{Parser, Subcommand};
+use idemgate::config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "idemgate", version, about = "An idempotency sidecar for webhook receivers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The YAML config file.
+        #[arg(long, env = "IDEMGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the config and print the resolved routes.
+    Check {
+        #[arg(long, env = "IDEMGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// An invalid config (or command line) exits 2; a failure at run time exits 1.
+const EXIT_INVALID: u8 = 2;
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => serve(&config),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return invalid(&e),
+    };
+    println!("config {} is valid", path.display());
+    println!(
+        "listen {}, admin {}, upstream {}",
+        cfg.listen,
+        cfg.admin.listen,
+        cfg.upstream.url.as_deref().unwrap_or("-")
+    );
+    println!("store sqlite {}, cache {}", cfg.store.sqlite.path.display(), cfg.store.cache.max_bytes);
+    match idemgate::route::Router::from_config(&cfg) {
+        Ok(router) => {
+            println!("routes (first match wins):");
+            for route in router.routes() {
+                println!("  {}", route.describe());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => invalid(&config::ConfigError(e)),
+    }
+}
+
+fn invalid(e: &config::ConfigError) -> ExitCode {
+    eprintln!("invalid config: {e}");
+    ExitCode::from(EXIT_INVALID)
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return invalid(&e),
+    };
+    idemgate::telemetry::init(&cfg.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match idemgate::server::start(cfg).await {
+            Ok(running) => running,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+    }
+}

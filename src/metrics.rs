@@ -1,0 +1,142 @@
+//! Metric names and the registry the admin listener serves.
+//!
+//! Labels are bounded: route names (from the config), outcomes (a fixed set). Never keys, paths
+//! or client addresses.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// What happened to a request, as counted in `idemgate_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    forwarded,
+    replayed,
+    conflict,
+    mismatch,
+    rejected,
+    passthrough,
+    upstream_error,
+    store_error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::forwarded => "forwarded",
+            Outcome::replayed => "replayed",
+            Outcome::conflict => "conflict",
+            Outcome::mismatch => "mismatch",
+            Outcome::rejected => "rejected",
+            Outcome::passthrough => "passthrough",
+            Outcome::upstream_error => "upstream_error",
+            Outcome::store_error => "store_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: HistogramFamily,
+    pub upstream_seconds: Histogram,
+    pub store_seconds: Histogram,
+    pub inflight_claims: Gauge,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub swept: Counter,
+    /// A completion refused because the claim's lease had ended and another request took the key.
+    pub lost_claims: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50µs .. ~26s: replays are sub-millisecond, slow apps take seconds.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let upstream_seconds = latency_histogram();
+        let store_seconds = latency_histogram();
+        let inflight_claims = Gauge::default();
+        let (cache_hits, cache_misses, swept, lost_claims) = Default::default();
+        registry.register("idemgate_requests", "Requests on the proxy listener by route and outcome", requests.clone());
+        registry.register(
+            "idemgate_request_duration_seconds",
+            "Time from request head to response head, by route",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "idemgate_upstream_duration_seconds",
+            "Time the app took to answer forwarded requests",
+            upstream_seconds.clone(),
+        );
+        registry.register(
+            "idemgate_store_duration_seconds",
+            "Time each store operation took, queueing included",
+            store_seconds.clone(),
+        );
+        registry.register(
+            "idemgate_inflight_claims",
+            "Claims held by this process while the app works",
+            inflight_claims.clone(),
+        );
+        registry.register("idemgate_cache_hits", "Completed keys answered from memory", Counter::clone(&cache_hits));
+        registry.register("idemgate_cache_misses", "Lookups that went to the store", Counter::clone(&cache_misses));
+        registry.register("idemgate_swept_records", "Expired records deleted by the sweeper", Counter::clone(&swept));
+        registry.register(
+            "idemgate_lost_claims",
+            "Completions refused because the lease had ended and the key was taken over",
+            Counter::clone(&lost_claims),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            upstream_seconds,
+            store_seconds,
+            inflight_claims,
+            cache_hits,
+            cache_misses,
+            swept,
+            lost_claims,
+        }
+    }
+
+    pub fn count(&self, route: &str, outcome: Outcome) {
+        self.requests.get_or_create(&RequestLabels { route: route.to_string(), outcome }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,323 @@
+//! The request's journey, one named call per stage:
+//!
+//! ```text
+//! route ─► read body ─► identify ─► fingerprint ─► claim ─┬─ replay ───────────────────► respond
+//!                                                         ├─ mismatch / in flight (409) ► respond
+//!                                                         ├─ wait (concurrent: wait) ──► claim again
+//!                                                         └─ forward ─► capture ─► commit ─► respond
+//! ```
+//!
+//! Unmatched requests skip everything after `route` and are streamed to the app untouched.
+
+use crate::config::{Concurrent, MissingKey};
+use crate::decide::{Decision, decide};
+use crate::error::{Body, Problem};
+use crate::fingerprint::Fingerprint;
+use crate::key::{KeyError, RequestView};
+use crate::metrics::{Metrics, Outcome, RouteLabel};
+use crate::replay::{self, Captured};
+use crate::route::{Route, RouteMatch, Router};
+use crate::store::{Claim, Completed, RecordId, Records, now_ms};
+use crate::upstream::Upstream;
+use crate::waiters::Waiters;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Shared by every connection: the routes, the store, the app client.
+pub struct Pipeline {
+    pub router: Router,
+    pub records: Records,
+    upstream: Upstream,
+    waiters: Waiters,
+    metrics: Arc<Metrics>,
+    tokens: Tokens,
+}
+
+/// Who a delivery is: its record id, and the key as the app receives it.
+struct Identity {
+    id: RecordId,
+}
+
+/// What the request log line and the metrics say about one request.
+struct Report {
+    route: Arc<str>,
+    key: Option<String>,
+    outcome: Outcome,
+}
+
+type Answer = Result<Response<Body>, Problem>;
+
+impl Pipeline {
+    pub fn new(router: Router, records: Records, upstream: Upstream, metrics: Arc<Metrics>) -> Pipeline {
+        Pipeline { router, records, upstream, waiters: Waiters::default(), metrics, tokens: Tokens::default() }
+    }
+
+    /// Entry point for every request on the proxy listener. Logs one line and counts one outcome.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let mut report = Report { route: "-".into(), key: None, outcome: Outcome::passthrough };
+        let answer = match self.router.route(req.method(), req.uri().path()) {
+            Err(e) => Err(Problem::from(e)),
+            Ok(RouteMatch::Unmatched) => self.pass_through(req, client).await,
+            Ok(RouteMatch::Matched(route)) => {
+                report.route = route.name.clone();
+                self.clone().protect(route, req, client, &mut report).await
+            }
+        };
+        let response = match answer {
+            Ok(response) => response,
+            Err(problem) => {
+                report.outcome = problem.outcome();
+                if problem.status().is_server_error() {
+                    tracing::warn!(route = %report.route, key = report.key.as_deref(), error = %problem, "request failed");
+                }
+                problem.into_response()
+            }
+        };
+        let elapsed = start.elapsed();
+        self.metrics.count(&report.route, report.outcome);
+        self.metrics
+            .request_seconds
+            .get_or_create(&RouteLabel { route: report.route.to_string() })
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            route = %report.route,
+            key = report.key.as_deref(),
+            outcome = report.outcome.as_str(),
+            method = %method,
+            status = response.status().as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        response
+    }
+
+    /// A matched route: everything between `route` and `respond`.
+    async fn protect(
+        self: Arc<Self>,
+        route: Arc<Route>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        report: &mut Report,
+    ) -> Answer {
+        let (parts, body) = req.into_parts();
+        let body = read_body(&parts, body, route.policy.max_body.0).await?;
+        let Some(identity) = identify(&route, &parts, &body)? else {
+            report.outcome = Outcome::passthrough;
+            return self.forward_unprotected(parts, body, client).await;
+        };
+        report.key = Some(identity.id.key.clone());
+        let fingerprint = fingerprint(&route, &parts, &body)?;
+        let deadline = Instant::now() + route.policy.wait_timeout.0;
+        loop {
+            // Subscribed before the claim, so a wake between the claim and the wait is not lost.
+            let waiting = (route.policy.concurrent == Concurrent::Wait).then(|| self.waiters.subscribe(&identity.id));
+            match self.claim(&route, &identity, fingerprint).await? {
+                Decision::Replay(done) => {
+                    report.outcome = Outcome::replayed;
+                    return Ok(replay::replay(&done.response));
+                }
+                Decision::Mismatch => return Err(Problem::Mismatch),
+                Decision::InFlight { expires_ms } => {
+                    let Some(waiting) = waiting else {
+                        return Err(Problem::InFlight);
+                    };
+                    if !self.waiters.wait(&identity.id, waiting, deadline, expires_ms).await {
+                        return Err(Problem::InFlight);
+                    }
+                }
+                Decision::Forward { token } => {
+                    report.outcome = Outcome::forwarded;
+                    // The exchange runs on its own task: if the client goes away mid-flight, the
+                    // app's answer is still committed, so the provider's retry gets the replay.
+                    let exchange = self.clone().exchange(route, identity, token, fingerprint, parts, body, client);
+                    return tokio::spawn(exchange)
+                        .await
+                        .unwrap_or_else(|e| Err(Problem::BadRequest(format!("internal error: {e}"))));
+                }
+            }
+        }
+    }
+
+    /// Stage `claim`: the cache, then the store; the pure [`decide`] turns what was found into what to do.
+    async fn claim(
+        &self,
+        route: &Route,
+        identity: &Identity,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Decision, Problem> {
+        let claim = Claim {
+            id: identity.id.clone(),
+            token: self.tokens.next(),
+            fingerprint,
+            now_ms: now_ms(),
+            lease_ms: route.policy.lease.0.as_millis() as i64,
+        };
+        let outcome = self.records.claim(claim).await?;
+        Ok(decide(outcome, fingerprint))
+    }
+
+    /// Stages `forward`, `capture` and `commit` for a claimed key.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        self: Arc<Self>,
+        route: Arc<Route>,
+        identity: Identity,
+        token: u64,
+        fingerprint: Option<Fingerprint>,
+        parts: Parts,
+        body: Bytes,
+        client: SocketAddr,
+    ) -> Answer {
+        self.metrics.inflight_claims.inc();
+        let result = self.forward_and_capture(&route, &identity, parts, body, client).await;
+        let answer = self.commit(&route, &identity, token, fingerprint, result).await;
+        self.metrics.inflight_claims.dec();
+        self.waiters.wake(&identity.id);
+        answer
+    }
+
+    /// Stage `forward` then `capture`: the app's response with its body read up to the limit.
+    async fn forward_and_capture(
+        &self,
+        route: &Route,
+        identity: &Identity,
+        mut parts: Parts,
+        body: Bytes,
+        client: SocketAddr,
+    ) -> Result<Captured, Problem> {
+        parts.headers.remove(&route.forward_key_header);
+        let key =
+            HeaderValue::from_str(&identity.id.key).map_err(|_| Problem::BadKey(KeyError::NotVisible("key".into())))?;
+        parts.headers.insert(route.forward_key_header.clone(), key);
+        let mut req = Request::from_parts(parts, replay::full(body));
+        self.upstream.prepare(&mut req, client)?;
+        let start = Instant::now();
+        let deadline = start + self.upstream.timeout;
+        let response = self.upstream.send(req, deadline).await;
+        self.metrics.upstream_seconds.observe(start.elapsed().as_secs_f64());
+        replay::capture(response?, route.policy.max_response_body.0, deadline, self.upstream.timeout).await
+    }
+
+    /// Stage `commit`: a status in `store_status` completes the key, durably, before the response
+    /// leaves; anything else (including no response at all) releases it for the next delivery.
+    async fn commit(
+        &self,
+        route: &Route,
+        identity: &Identity,
+        token: u64,
+        fingerprint: Option<Fingerprint>,
+        result: Result<Captured, Problem>,
+    ) -> Answer {
+        let captured = match result {
+            Ok(c) if route.store_status.contains(c.status) => c,
+            other => {
+                if let Err(e) = self.records.release(&identity.id, token).await {
+                    tracing::warn!(route = %route.name, key = %identity.id.key, error = %e, "release failed; the key is blocked until its lease ends");
+                }
+                return other.map(Captured::into_response);
+            }
+        };
+        let now = now_ms();
+        let completed = Completed {
+            fingerprint,
+            response: captured.to_stored(),
+            created_ms: now,
+            expires_ms: now.saturating_add(route.policy.ttl.0.as_millis() as i64),
+        };
+        if !self.records.complete(&identity.id, token, completed).await? {
+            // Our lease ended and another request took the key (or an operator deleted it).
+            self.metrics.lost_claims.inc();
+            tracing::warn!(route = %route.name, key = %identity.id.key, "the claim was lost before completion; the response is not stored");
+        }
+        Ok(captured.into_response())
+    }
+
+    /// `missing_key: forward`: the body was read already, so it is sent on as read.
+    async fn forward_unprotected(&self, parts: Parts, body: Bytes, client: SocketAddr) -> Answer {
+        self.send_to_app(Request::from_parts(parts, replay::full(body)), client).await
+    }
+
+    /// No route matched: the request goes to the app as it is, streamed both ways.
+    async fn pass_through(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {
+        self.send_to_app(req.map(replay::incoming), client).await
+    }
+
+    async fn send_to_app(&self, mut req: Request<Body>, client: SocketAddr) -> Answer {
+        self.upstream.prepare(&mut req, client)?;
+        let deadline = Instant::now() + self.upstream.timeout;
+        self.upstream.send(req, deadline).await.map(replay::stream)
+    }
+}
+
+/// Reads the whole body, refusing it unread if its declared length is over the limit.
+async fn read_body(parts: &Parts, body: Incoming, limit: u64) -> Result<Bytes, Problem> {
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Problem::BodyTooLarge(limit));
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::BodyTooLarge(limit)),
+        Err(e) => Err(Problem::BodyUnreadable(e.to_string())),
+    }
+}
+
+/// Stage `identify`: the key and the scope. `None` when the key is missing and the route
+/// forwards such requests unprotected.
+fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Identity>, Problem> {
+    let view = RequestView::new(&parts.headers, parts.uri.query(), body);
+    let key = match route.key.extract(&view, route.policy.max_key_length)? {
+        Some(key) => key,
+        None if route.policy.missing_key == MissingKey::Forward => return Ok(None),
+        None => return Err(KeyError::Missing(route.key.describe()).into()),
+    };
+    let scope = match &route.scope {
+        None => String::new(),
+        Some(scope) => {
+            let value = scope.extract(&view, SCOPE_MAX)?.ok_or_else(|| Problem::MissingScope(scope.describe()))?;
+            // Scopes are often credentials (Authorization): only a digest is kept.
+            hex(&Sha256::digest(value.as_bytes()))
+        }
+    };
+    Ok(Some(Identity { id: RecordId { route: route.name.clone(), scope, key } }))
+}
+
+/// Scope values are hashed, so their length costs nothing in the store; this only bounds work.
+const SCOPE_MAX: usize = 8192;
+
+/// Stage `fingerprint`.
+fn fingerprint(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Fingerprint>, Problem> {
+    let view = RequestView::new(&parts.headers, parts.uri.query(), body);
+    Ok(route.fingerprint.compute(&view)?)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Claim tokens: unpredictable, never repeated within a process, so a stale owner cannot
+/// complete or release a claim that another request took over.
+#[derive(Default)]
+struct Tokens {
+    seed: std::collections::hash_map::RandomState,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Tokens {
+    fn next(&self) -> u64 {
+        use std::hash::BuildHasher;
+        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.seed.hash_one(n)
+    }
+}

@@ -1,0 +1,148 @@
+//! Stages `capture` and `respond`: bounded capture of the app's response, and faithful replay.
+//!
+//! A response is captured up to `max_response_body`. A larger one still completes the key (the
+//! app did its work); its record keeps status and headers only, and the first client receives
+//! the whole body, streamed on after the captured prefix.
+
+use crate::error::{Body, BoxError, Problem};
+use crate::store::StoredResponse;
+use crate::upstream::strip_hop_by_hop;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn incoming(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed_unsync()
+}
+
+/// An app response with its body read up to the limit.
+pub struct Captured {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: CapturedBody,
+}
+
+pub enum CapturedBody {
+    Complete(Bytes),
+    /// Over the limit: what was read so far, and the rest still on the wire.
+    Oversized(Bytes, Incoming),
+}
+
+/// Reads the response body until it ends or passes `limit`, all before `deadline`.
+pub async fn capture(
+    resp: Response<Incoming>,
+    limit: u64,
+    deadline: Instant,
+    timeout: std::time::Duration,
+) -> Result<Captured, Problem> {
+    let (mut parts, mut body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The replay's length is that of the stored body; the app's framing does not carry over.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(Problem::UpstreamTimeout(timeout)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(Problem::UpstreamUnreachable(format!("reading the response body: {e}")));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers are hop-by-hop in practice and are not replayed.
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() as u64 > limit {
+                return Ok(Captured {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: CapturedBody::Oversized(buf.freeze(), body),
+                });
+            }
+        }
+    }
+    Ok(Captured { status: parts.status, headers: parts.headers, body: CapturedBody::Complete(buf.freeze()) })
+}
+
+impl Captured {
+    /// The record to store: the body only if it was captured whole.
+    pub fn to_stored(&self) -> StoredResponse {
+        let (body, body_omitted) = match &self.body {
+            CapturedBody::Complete(b) => (b.clone(), false),
+            CapturedBody::Oversized(..) => (Bytes::new(), true),
+        };
+        StoredResponse {
+            status: self.status.as_u16(),
+            headers: self.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+            body,
+            body_omitted,
+        }
+    }
+
+    /// The first client's response: the whole body, as the app sent it.
+    pub fn into_response(self) -> Response<Body> {
+        let body = match self.body {
+            CapturedBody::Complete(b) => full(b),
+            CapturedBody::Oversized(prefix, rest) => {
+                Prefixed { prefix: Some(prefix), rest }.map_err(BoxError::from).boxed_unsync()
+            }
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
+
+/// A duplicate's answer: the stored response, marked as a replay.
+pub fn replay(stored: &StoredResponse) -> Response<Body> {
+    let mut response = Response::new(full(stored.body.clone()));
+    *response.status_mut() = stored.status_code();
+    *response.headers_mut() = stored.header_map();
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// The app's response as it arrived, minus hop-by-hop headers, streamed (pass-through routes).
+pub fn stream(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, incoming(body))
+}
+
+/// A body that yields an already-read prefix, then the rest of a live body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint.set_lower(rest.lower() + extra);
+        hint
+    }
+}

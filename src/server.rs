@@ -1,0 +1,177 @@
+//! Listeners, connection limits, header timeouts and the graceful drain.
+//!
+//! [`start`] opens the store, binds both listeners and returns a [`Running`] handle; its
+//! [`Running::shutdown`] stops accepting, lets requests in flight finish (up to
+//! `server.shutdown_grace`), then closes the store so every queued write is on disk.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::error::Body;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::route::Router;
+use crate::store::{CompletedCache, Records, SqliteStore, Store, spawn_sweeper};
+use crate::upstream::Upstream;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+/// How often expired records are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Admin requests in flight at shutdown get this long; they are all short.
+const ADMIN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// A started proxy.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Drains and stops; returns once the store is closed.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let router = Router::from_config(&config).map_err(StartError::Config)?;
+    let upstream = Upstream::new(&config.upstream).map_err(StartError::Config)?;
+    let backend: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.sqlite.path)?);
+    let records = Records::new(backend.clone(), CompletedCache::new(config.store.cache.max_bytes.0), metrics.clone());
+    let pipeline = Arc::new(Pipeline::new(router, records, upstream, metrics.clone()));
+    let admin = Arc::new(Admin::new(pipeline.clone(), metrics.clone(), config.admin.token.clone()));
+
+    let proxy_listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Bind(config.listen, e))?;
+    let admin_listener =
+        TcpListener::bind(config.admin.listen).await.map_err(|e| StartError::Bind(config.admin.listen, e))?;
+    let proxy_addr = proxy_listener.local_addr().map_err(|e| StartError::Bind(config.listen, e))?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| StartError::Bind(config.admin.listen, e))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let limits = Limits {
+        connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        header_read_timeout: config.server.header_read_timeout.0,
+    };
+    let proxy_loop = {
+        let pipeline = pipeline.clone();
+        accept_loop(proxy_listener, limits.clone(), stopped.clone(), move |req, peer| {
+            pipeline.clone().handle(req, peer)
+        })
+    };
+    let admin_loop = {
+        let admin = admin.clone();
+        let admin_limits = Limits { connections: Arc::new(Semaphore::new(64)), ..limits };
+        accept_loop(admin_listener, admin_limits, stopped.clone(), move |req, _| admin.clone().handle(req))
+    };
+    let proxy_loop = tokio::spawn(proxy_loop);
+    let admin_loop = tokio::spawn(admin_loop);
+    let sweeper = spawn_sweeper(backend.clone(), SWEEP_EVERY, metrics);
+    let grace = config.server.shutdown_grace.0;
+
+    let task = tokio::spawn(async move {
+        let mut stopped = stopped;
+        stop_requested(&mut stopped).await;
+        tracing::info!("shutting down: no new connections; draining requests in flight");
+        admin.set_draining();
+        let proxy_conns = proxy_loop.await.unwrap_or_default();
+        if tokio::time::timeout(grace, proxy_conns.shutdown()).await.is_err() {
+            tracing::warn!(grace = ?grace, "requests still in flight after the shutdown grace; closing them");
+        }
+        let admin_conns = admin_loop.await.unwrap_or_default();
+        let _ = tokio::time::timeout(ADMIN_GRACE, admin_conns.shutdown()).await;
+        sweeper.abort();
+        drop(pipeline);
+        if let Err(e) = backend.close().await {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+        tracing::info!("stopped");
+    });
+    tracing::info!(listen = %proxy_addr, admin = %admin_addr, "listening");
+    Ok(Running { proxy_addr, admin_addr, stop, task })
+}
+
+#[derive(Clone)]
+struct Limits {
+    /// One permit per open connection; at the limit, new connections wait in the listen backlog.
+    connections: Arc<Semaphore>,
+    header_read_timeout: Duration,
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+    handler: F,
+) -> GracefulShutdown
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    // Every connection is watched, so that shutdown can wait for the requests they carry.
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            permit = limits.connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = stop_requested(&mut stopped) => return graceful,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually EMFILE: back off briefly instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop_requested(&mut stopped) => return graceful,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(req, peer).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}

@@ -1,0 +1,48 @@
+//! The in-memory tier: completed records only, bounded by bytes, each gone when its ttl ends.
+//!
+//! In-flight claims are never cached: their truth changes underneath (release, lease expiry),
+//! and only the backend can arbitrate them.
+
+use super::record::{Completed, RecordId};
+use moka::sync::Cache;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct CompletedCache {
+    inner: Cache<String, Arc<Completed>>,
+}
+
+/// Each entry lives until its record's own expiry, measured when it is inserted.
+struct UntilRecordExpiry;
+
+impl moka::Expiry<String, Arc<Completed>> for UntilRecordExpiry {
+    fn expire_after_create(&self, _key: &String, value: &Arc<Completed>, _created_at: Instant) -> Option<Duration> {
+        let left = value.expires_ms.saturating_sub(super::now_ms()).max(0);
+        Some(Duration::from_millis(left as u64))
+    }
+}
+
+impl CompletedCache {
+    pub fn new(max_bytes: u64) -> CompletedCache {
+        let inner = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &String, v: &Arc<Completed>| (k.len() + v.response.weight()).try_into().unwrap_or(u32::MAX))
+            .expire_after(UntilRecordExpiry)
+            .build();
+        CompletedCache { inner }
+    }
+
+    /// A hit only while the record has not expired, whatever moka's own clock says.
+    pub fn get(&self, id: &RecordId, now_ms: i64) -> Option<Arc<Completed>> {
+        self.inner.get(&id.cache_key()).filter(|c| c.expires_ms > now_ms)
+    }
+
+    pub fn insert(&self, id: &RecordId, completed: Arc<Completed>) {
+        self.inner.insert(id.cache_key(), completed);
+    }
+
+    pub fn remove(&self, id: &RecordId) {
+        self.inner.invalidate(&id.cache_key());
+    }
+}

@@ -1,0 +1,117 @@
+//! Durable records of claims and completed responses.
+//!
+//! The pipeline talks to [`Records`]: the byte-bounded in-memory tier of completed records in
+//! front of a [`Store`] backend. The cache is never the only copy of anything: a record enters it
+//! only after the backend has committed it.
+
+mod cache;
+mod record;
+mod sqlite;
+mod sweep;
+
+pub use cache::CompletedCache;
+pub use record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
+pub use sqlite::SqliteStore;
+pub use sweep::spawn_sweeper;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A backend failure. The pipeline answers 503 and forwards nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store is closed")]
+    Closed,
+}
+
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// A storage backend. Every operation is atomic on its own; `claim` in particular either takes the
+/// key (inserting it, or taking over a record whose lease or ttl has ended) or reports what holds it.
+pub trait Store: Send + Sync + 'static {
+    fn claim(&self, claim: Claim) -> StoreFuture<ClaimOutcome>;
+    /// Stores the response if `token` still owns the key; false if it no longer does.
+    fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool>;
+    /// Forgets an unfinished claim if `token` still owns it.
+    fn release(&self, id: RecordId, token: u64) -> StoreFuture<()>;
+    fn get(&self, id: RecordId) -> StoreFuture<Option<Record>>;
+    fn delete(&self, id: RecordId) -> StoreFuture<bool>;
+    /// Deletes up to `batch` records that expired before `now_ms`; returns how many.
+    fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize>;
+    /// Proves the store can be written now (for readiness).
+    fn check_writable(&self) -> StoreFuture<()>;
+    /// Finishes queued work and closes the backend.
+    fn close(&self) -> StoreFuture<()>;
+}
+
+/// The store as the pipeline sees it: cache first for completed keys, backend for the rest.
+#[derive(Clone)]
+pub struct Records {
+    backend: Arc<dyn Store>,
+    cache: CompletedCache,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Records {
+    pub fn new(backend: Arc<dyn Store>, cache: CompletedCache, metrics: Arc<crate::metrics::Metrics>) -> Records {
+        Records { backend, cache, metrics }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Store> {
+        &self.backend
+    }
+
+    /// A completed key in memory is answered without touching the backend.
+    pub async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
+        if let Some(hit) = self.cache.get(&claim.id, claim.now_ms) {
+            self.metrics.cache_hits.inc();
+            return Ok(ClaimOutcome::Completed(hit));
+        }
+        self.metrics.cache_misses.inc();
+        let id = claim.id.clone();
+        let outcome = self.timed(self.backend.claim(claim)).await?;
+        if let ClaimOutcome::Completed(done) = &outcome {
+            self.cache.insert(&id, done.clone());
+        }
+        Ok(outcome)
+    }
+
+    pub async fn complete(&self, id: &RecordId, token: u64, completed: Completed) -> Result<bool, StoreError> {
+        let done = Arc::new(completed);
+        let stored = self.timed(self.backend.complete(id.clone(), token, (*done).clone())).await?;
+        if stored {
+            self.cache.insert(id, done);
+        }
+        Ok(stored)
+    }
+
+    pub async fn release(&self, id: &RecordId, token: u64) -> Result<(), StoreError> {
+        self.timed(self.backend.release(id.clone(), token)).await
+    }
+
+    pub async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
+        self.timed(self.backend.get(id.clone())).await
+    }
+
+    pub async fn delete(&self, id: &RecordId) -> Result<bool, StoreError> {
+        let deleted = self.timed(self.backend.delete(id.clone())).await?;
+        self.cache.remove(id);
+        Ok(deleted)
+    }
+
+    async fn timed<T>(&self, op: StoreFuture<T>) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let result = op.await;
+        self.metrics.store_seconds.observe(start.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// Milliseconds since the Unix epoch. Records outlive the process, so their times are wall-clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,123 @@
+//! What the store keeps per key, and what a claim can find.
+
+use crate::fingerprint::Fingerprint;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::sync::Arc;
+
+/// The identity of a record: the route, the hashed scope value ("" on unscoped routes) and the key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordId {
+    pub route: Arc<str>,
+    pub scope: String,
+    pub key: String,
+}
+
+impl RecordId {
+    /// One string for the in-memory cache; the separator cannot occur in a key (visible ASCII only).
+    pub fn cache_key(&self) -> String {
+        format!("{}\n{}\n{}", self.route, self.scope, self.key)
+    }
+}
+
+/// An app response as stored and replayed: status, end-to-end headers and (unless it was larger
+/// than `max_response_body`) the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    /// End-to-end headers only, in the order the app sent them; hop-by-hop headers are never kept.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    /// The body was larger than `max_response_body`: the replay carries status and headers only.
+    pub body_omitted: bool,
+}
+
+impl StoredResponse {
+    /// `name:value\n` lines; header values cannot contain a newline, so this round-trips.
+    pub fn encode_headers(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(value.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    pub fn decode_headers(bytes: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter_map(|line| {
+                let colon = line.iter().position(|b| *b == b':')?;
+                let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+                let value = HeaderValue::from_bytes(&line[colon + 1..]).ok()?;
+                Some((name, value))
+            })
+            .collect()
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            map.append(name.clone(), value.clone());
+        }
+        map
+    }
+
+    /// Roughly what this response costs in memory, for the cache's byte bound.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
+        self.body.len() + headers + 64
+    }
+}
+
+/// A key whose response is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub fingerprint: Option<Fingerprint>,
+    pub response: StoredResponse,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    /// The key is ours: forward, then complete or release with this token.
+    Claimed { token: u64 },
+    /// The key is completed: replay.
+    Completed(Arc<Completed>),
+    /// Another request holds the key until `expires_ms`.
+    InFlight { fingerprint: Option<Fingerprint>, expires_ms: i64 },
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub id: RecordId,
+    pub token: u64,
+    pub fingerprint: Option<Fingerprint>,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    InFlight,
+    Completed,
+}
+
+/// A record as the admin endpoint shows it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub state: State,
+    pub status: Option<u16>,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}

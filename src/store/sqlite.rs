@@ -1,0 +1,355 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, written by one thread.
+//!
+//! The writer thread owns the only connection. Requests reach it over a bounded queue, so the
+//! async runtime never blocks on disk and a burst waits in line instead of piling up memory.
+//! Group commit: the thread takes every job already waiting (up to `MAX_BATCH`) into one
+//! transaction and syncs once for all of them; a lone job is committed at once, no timer. A job's
+//! reply is sent only after its transaction committed, so "completed" always means "on disk".
+//! Each claim stays atomic: it is one upsert, and jobs run one after another on the one thread.
+
+use super::record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
+use super::{Store, StoreError, StoreFuture};
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+const SCHEMA_VERSION: i64 = 1;
+const MAX_BATCH: usize = 256;
+const QUEUE_DEPTH: usize = 4096;
+/// How long a statement waits for a lock held by another process before the store counts as
+/// unavailable (503) rather than slow.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    route        TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    state        INTEGER NOT NULL,          -- 0 in flight, 1 completed
+    token        INTEGER NOT NULL,          -- the claim that owns the record
+    fingerprint  BLOB,
+    created_ms   INTEGER NOT NULL,
+    expires_ms   INTEGER NOT NULL,          -- lease end while in flight, ttl end once completed
+    status       INTEGER,
+    headers      BLOB,
+    body         BLOB,
+    body_omitted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (route, scope, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_ms);
+";
+
+/// The operations the writer thread performs.
+enum Op {
+    Claim(Claim),
+    Complete(RecordId, u64, Completed),
+    Release(RecordId, u64),
+    Get(RecordId),
+    Delete(RecordId),
+    Sweep(i64, usize),
+    Ping,
+    /// Stop taking jobs; those already queued still run.
+    Close,
+}
+
+enum Outcome {
+    Claim(ClaimOutcome),
+    Flag(bool),
+    Record(Option<Record>),
+    Count(usize),
+    Unit,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its folder if missing) and migrates the database.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = open_connection(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = std::thread::Builder::new()
+            .name("idemgate-sqlite".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore { jobs, writer: Arc::new(std::sync::Mutex::new(Some(writer))) })
+    }
+
+    fn submit(&self, op: Op) -> StoreFuture<Outcome> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            jobs.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, WAL is required")));
+    }
+    // FULL: each commit syncs the WAL, so a committed record survives power loss, not just a crash.
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database schema version {version} is newer than this idemgate understands ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))?;
+    }
+    Ok(())
+}
+
+fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let closing = batch.iter().any(|job| matches!(job.op, Op::Close));
+        run_batch(&mut conn, &mut batch);
+        if closing {
+            rx.close();
+        }
+    }
+    // The queue is closed and drained: checkpoint so the WAL does not outlive a clean stop.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// Runs the batch in one transaction. If anything in it fails, the transaction is rolled back
+/// and each job is run in a transaction of its own, so one bad job cannot fail its neighbours.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+    match apply_all(conn, batch) {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Err(_) if batch.len() > 1 => {
+            for job in batch.drain(..) {
+                let result = apply_all(conn, std::slice::from_ref(&job)).map(|mut v| v.remove(0));
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(e) => {
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn apply_all(conn: &mut Connection, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+    let outcomes = jobs.iter().map(|job| apply(&tx, &job.op)).collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+    tx.commit().map_err(unavailable)?;
+    Ok(outcomes)
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
+    Ok(match op {
+        Op::Claim(c) => Outcome::Claim(claim(conn, c)?),
+        Op::Complete(id, token, done) => Outcome::Flag(complete(conn, id, *token, done)?),
+        Op::Release(id, token) => {
+            conn.prepare_cached("DELETE FROM records WHERE route=?1 AND scope=?2 AND key=?3 AND token=?4 AND state=0")?
+                .execute(params![&*id.route, id.scope, id.key, *token as i64])?;
+            Outcome::Unit
+        }
+        Op::Get(id) => Outcome::Record(get(conn, id)?),
+        Op::Delete(id) => Outcome::Flag(
+            conn.prepare_cached("DELETE FROM records WHERE route=?1 AND scope=?2 AND key=?3")?
+                .execute(params![&*id.route, id.scope, id.key])?
+                > 0,
+        ),
+        Op::Sweep(now_ms, limit) => Outcome::Count(
+            conn.prepare_cached(
+                "DELETE FROM records WHERE (route, scope, key) IN \
+                 (SELECT route, scope, key FROM records WHERE expires_ms <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now_ms, *limit as i64])?,
+        ),
+        Op::Close => Outcome::Unit,
+        Op::Ping => {
+            // A write that changes nothing still needs the write lock and a writable file.
+            conn.execute("UPDATE records SET state = state WHERE 0", [])?;
+            Outcome::Unit
+        }
+    })
+}
+
+/// One statement decides the claim: insert the key, or take over a record whose lease or ttl
+/// has ended. Only if that did not happen is the holder read, to tell replay from in-flight.
+fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
+    let taken: Option<i64> = conn
+        .prepare_cached(
+            "INSERT INTO records (route, scope, key, state, token, fingerprint, created_ms, expires_ms)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)
+             ON CONFLICT (route, scope, key) DO UPDATE SET
+                 state = 0, token = excluded.token, fingerprint = excluded.fingerprint,
+                 created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
+                 status = NULL, headers = NULL, body = NULL, body_omitted = 0
+             WHERE records.expires_ms <= excluded.created_ms
+             RETURNING token",
+        )?
+        .query_row(
+            params![
+                &*c.id.route,
+                c.id.scope,
+                c.id.key,
+                c.token as i64,
+                c.fingerprint.as_ref().map(|f| &f[..]),
+                c.now_ms,
+                c.now_ms.saturating_add(c.lease_ms)
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if taken == Some(c.token as i64) {
+        return Ok(ClaimOutcome::Claimed { token: c.token });
+    }
+    let holder = conn
+        .prepare_cached(
+            "SELECT state, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted
+             FROM records WHERE route=?1 AND scope=?2 AND key=?3",
+        )?
+        .query_row(params![&*c.id.route, c.id.scope, c.id.key], |r| {
+            let fingerprint: Option<Vec<u8>> = r.get(1)?;
+            let fingerprint = fingerprint.and_then(|f| f.try_into().ok());
+            if r.get::<_, i64>(0)? == 0 {
+                return Ok(ClaimOutcome::InFlight { fingerprint, expires_ms: r.get(3)? });
+            }
+            let headers: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
+            let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default();
+            Ok(ClaimOutcome::Completed(Arc::new(Completed {
+                fingerprint,
+                created_ms: r.get(2)?,
+                expires_ms: r.get(3)?,
+                response: StoredResponse {
+                    status: r.get::<_, Option<u16>>(4)?.unwrap_or(500),
+                    headers: StoredResponse::decode_headers(&headers),
+                    body: Bytes::from(body),
+                    body_omitted: r.get::<_, i64>(7)? != 0,
+                },
+            })))
+        })?;
+    Ok(holder)
+}
+
+fn complete(conn: &Connection, id: &RecordId, token: u64, done: &Completed) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE records SET state = 1, status = ?5, headers = ?6, body = ?7, body_omitted = ?8, expires_ms = ?9
+             WHERE route = ?1 AND scope = ?2 AND key = ?3 AND token = ?4 AND state = 0",
+        )?
+        .execute(params![
+            &*id.route,
+            id.scope,
+            id.key,
+            token as i64,
+            done.response.status,
+            done.response.encode_headers(),
+            &done.response.body[..],
+            done.response.body_omitted,
+            done.expires_ms
+        ])?;
+    Ok(changed == 1)
+}
+
+fn get(conn: &Connection, id: &RecordId) -> rusqlite::Result<Option<Record>> {
+    conn.prepare_cached(
+        "SELECT state, status, created_ms, expires_ms FROM records WHERE route=?1 AND scope=?2 AND key=?3",
+    )?
+    .query_row(params![&*id.route, id.scope, id.key], |r| {
+        Ok(Record {
+            state: if r.get::<_, i64>(0)? == 0 { State::InFlight } else { State::Completed },
+            status: r.get(1)?,
+            created_ms: r.get(2)?,
+            expires_ms: r.get(3)?,
+        })
+    })
+    .optional()
+}
+
+macro_rules! expect_outcome {
+    ($fut:expr, $variant:ident) => {{
+        let fut = $fut;
+        Box::pin(async move {
+            match fut.await? {
+                Outcome::$variant(v) => Ok(v),
+                _ => Err(StoreError::Unavailable("the writer answered another operation".into())),
+            }
+        })
+    }};
+}
+
+impl Store for SqliteStore {
+    fn claim(&self, claim: Claim) -> StoreFuture<ClaimOutcome> {
+        expect_outcome!(self.submit(Op::Claim(claim)), Claim)
+    }
+    fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool> {
+        expect_outcome!(self.submit(Op::Complete(id, token, completed)), Flag)
+    }
+    fn release(&self, id: RecordId, token: u64) -> StoreFuture<()> {
+        let fut = self.submit(Op::Release(id, token));
+        Box::pin(async move { fut.await.map(drop) })
+    }
+    fn get(&self, id: RecordId) -> StoreFuture<Option<Record>> {
+        expect_outcome!(self.submit(Op::Get(id)), Record)
+    }
+    fn delete(&self, id: RecordId) -> StoreFuture<bool> {
+        expect_outcome!(self.submit(Op::Delete(id)), Flag)
+    }
+    fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize> {
+        expect_outcome!(self.submit(Op::Sweep(now_ms, batch)), Count)
+    }
+    fn check_writable(&self) -> StoreFuture<()> {
+        let fut = self.submit(Op::Ping);
+        Box::pin(async move { fut.await.map(drop) })
+    }
+    /// Waits for the writer to finish every queued job, checkpoint and close the file.
+    fn close(&self) -> StoreFuture<()> {
+        let closed = self.submit(Op::Close);
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            closed.await?;
+            let handle = writer.lock().map_err(|_| StoreError::Closed)?.take();
+            if let Some(handle) = handle {
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! Stage `forward`: the pooled client to the local app.
+//!
+//! hyper-util's client keeps keep-alive connections to the app; idemgate adds only what is its
+//! own: the target address, hop-by-hop hygiene, and the mapping of failures to 502/504.
+
+use crate::config::UpstreamConfig;
+use crate::error::{Body, Problem};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    authority: http::uri::Authority,
+    pub timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let url = cfg.url.as_deref().ok_or("upstream.url is required")?;
+        let uri: Uri = url.parse().map_err(|e| format!("upstream.url: {e}"))?;
+        let authority = uri.authority().cloned().ok_or("upstream.url: no host")?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout.0));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Upstream { client, authority, timeout: cfg.timeout.0 })
+    }
+
+    /// Points the request at the app, keeping its path and query as they arrived, and removes
+    /// hop-by-hop headers (those belong to the client's connection, not to the app's).
+    pub fn prepare(&self, req: &mut Request<Body>, client: SocketAddr) -> Result<(), Problem> {
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| Problem::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+        *req.version_mut() = http::Version::HTTP_11;
+        strip_hop_by_hop(req.headers_mut());
+        append_forwarded_for(req.headers_mut(), client);
+        Ok(())
+    }
+
+    /// Sends the request; the app must answer with a response head before `deadline`.
+    pub async fn send(&self, req: Request<Body>, deadline: Instant) -> Result<Response<Incoming>, Problem> {
+        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Err(_) => Err(Problem::UpstreamTimeout(self.timeout)),
+            Ok(Err(e)) => Err(Problem::UpstreamUnreachable(describe_client_error(&e))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes the RFC 9110 hop-by-hop headers and every header the `Connection` header names.
+/// `Upgrade` goes too: idemgate does not tunnel protocols.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let nominated: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_nominated_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+}
