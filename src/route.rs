@@ -4,7 +4,7 @@
 //! `/webhooks/./github` cannot slip past the github route as an unprotected pass-through. The
 //! request itself is forwarded as it arrived.
 
-use crate::config::{Concurrent, Dur, Policy, RouteConfig, RouteOptions};
+use crate::config::{Concurrent, Dur, Policy, RouteConfig, RouteOptions, StatusPattern};
 use crate::fingerprint::Fingerprinter;
 use crate::key::KeyExtractor;
 use http::{Method, StatusCode};
@@ -98,7 +98,7 @@ impl Route {
             ttl = p.ttl,
             lease = p.lease,
             conc = p.concurrent,
-            status = p.store_status,
+            status = p.store_status.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
             mb = p.max_body,
             mrb = p.max_response_body,
             mk = p.missing_key,
@@ -143,9 +143,9 @@ pub struct StatusSet {
 }
 
 impl StatusSet {
-    pub fn parse(items: &[String]) -> Result<StatusSet, String> {
+    pub fn parse(items: &[StatusPattern]) -> Result<StatusSet, String> {
         let mut set = StatusSet { classes: [false; 6], codes: Vec::new() };
-        for item in items {
+        for StatusPattern(item) in items {
             let s = item.trim().to_ascii_lowercase();
             match s.as_bytes() {
                 [c @ b'1'..=b'5', b'x', b'x'] => set.classes[(c - b'0') as usize] = true,
@@ -321,14 +321,14 @@ mod tests {
 
     #[test]
     fn status_sets() {
-        let set = StatusSet::parse(&["2xx".into(), "409".into()]).unwrap();
+        let set = StatusSet::parse(&[StatusPattern("2xx".into()), StatusPattern("409".into())]).unwrap();
         for (code, want) in
             [(200, true), (204, true), (299, true), (409, true), (404, false), (500, false), (302, false)]
         {
             assert_eq!(set.contains(StatusCode::from_u16(code).unwrap()), want, "{code}");
         }
-        assert!(StatusSet::parse(&["6xx".into()]).is_err());
-        assert!(StatusSet::parse(&["2x".into()]).is_err());
-        assert!(StatusSet::parse(&["99".into()]).is_err());
+        assert!(StatusSet::parse(&[StatusPattern("6xx".into())]).is_err());
+        assert!(StatusSet::parse(&[StatusPattern("2x".into())]).is_err());
+        assert!(StatusSet::parse(&[StatusPattern("99".into())]).is_err());
     }
 }

@@ -190,6 +190,23 @@ pub enum MissingKey {
     Forward,
 }
 
+/// One entry of `store_status`: a code (`409`) or a class (`2xx`), written as text or a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusPattern(pub String);
+
+impl std::str::FromStr for StatusPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(StatusPattern(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        units::parse_text_or_int(d)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
@@ -239,7 +256,7 @@ policy_fields! {
     lease: Dur = Dur(Duration::from_secs(60));
     concurrent: Concurrent = Concurrent::Reject;
     wait_timeout: Dur = Dur(Duration::from_secs(10));
-    store_status: Vec<String> = vec!["2xx".to_string()];
+    store_status: Vec<StatusPattern> = vec![StatusPattern("2xx".to_string())];
     max_body: Size = Size(1 << 20);
     max_response_body: Size = Size(1 << 20);
     max_key_length: usize = 255;

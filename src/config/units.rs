@@ -64,7 +64,7 @@ impl fmt::Display for Size {
 
 /// Accepts a string or an integer for types that parse from text, so that
 /// `max_body: 1024` and `IDEMGATE_DEFAULTS__MAX_BODY=1024` both work.
-fn parse_text_or_int<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(super) fn parse_text_or_int<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr<Err = String>,

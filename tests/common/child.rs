@@ -1,0 +1,77 @@
+//! The real `idemgate` binary as a child process, for crash and signal tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct ChildProxy {
+    pub child: Child,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Every log line the child printed after "listening".
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl ChildProxy {
+    /// Starts `idemgate serve --config FILE` and waits for its "listening" log line.
+    pub fn spawn(config: &Path) -> ChildProxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn idemgate");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(20)).expect("idemgate did not report listening within 20s");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "listening" {
+                let proxy_addr = v["listen"].as_str().unwrap().parse().unwrap();
+                let admin_addr = v["admin"].as_str().unwrap().parse().unwrap();
+                return ChildProxy { child, proxy_addr, admin_addr, lines: rx };
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    /// SIGKILL: no drain, no checkpoint, nothing flushed that was not already synced.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "idemgate did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
