@@ -241,6 +241,7 @@ impl TestClient {
 
 /// The proxy, in-process, on port 0, with its SQLite file in its own temp dir.
 pub struct TestProxy {
+    pub proxy_addr: SocketAddr,
     pub client: TestClient,
     pub admin: TestClient,
     pub db_path: PathBuf,
@@ -270,6 +271,7 @@ impl TestProxy {
         let config = idemgate::config::load(&file).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let running = idemgate::server::start(config).await.expect("proxy starts");
         TestProxy {
+            proxy_addr: running.proxy_addr,
             client: TestClient::new(running.proxy_addr),
             admin: TestClient::new(running.admin_addr),
             db_path,

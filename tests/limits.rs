@@ -1,0 +1,171 @@
+//! Malformed keys, bodies and paths, and the server's own limits.
+
+mod common;
+
+use common::{HEADER_ROUTE, TestApp, TestProxy};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMITED: &str = "defaults: { max_body: 1KiB, max_key_length: 10 }
+routes:
+  - name: hooks
+    match: { path_prefix: /hooks/ }
+    key: { header: Idempotency-Key }
+  - name: json
+    match: { path: /json }
+    key: { json: /id }
+";
+
+#[tokio::test]
+async fn malformed_keys_get_400_and_never_reach_the_app() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, LIMITED).await;
+    let deep = "[".repeat(600);
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str, &str)> = vec![
+        ("/hooks/a", vec![], "{}", "missing-key"),
+        ("/hooks/a", vec![("idempotency-key", "0123456789x")], "{}", "invalid-key"),
+        ("/hooks/a", vec![("idempotency-key", "a b")], "{}", "invalid-key"),
+        ("/hooks/a", vec![("idempotency-key", "a"), ("idempotency-key", "b")], "{}", "invalid-key"),
+        ("/json", vec![], "not json", "invalid-key"),
+        ("/json", vec![], r#"{"id":true}"#, "invalid-key"),
+        ("/json", vec![], r#"{"id":1.5}"#, "invalid-key"),
+        ("/json", vec![], r#"{"id":{"x":1}}"#, "invalid-key"),
+        ("/json", vec![], r#"{"id":"a","id":"b"}"#, "invalid-key"),
+        ("/json", vec![], r#"{"other":"a"}"#, "missing-key"),
+        ("/json", vec![], &deep, "invalid-key"),
+    ];
+    for (path, headers, body, kind) in cases {
+        let reply = proxy.post(path, &headers, body).await;
+        assert_eq!(reply.assert_problem(400), format!("urn:idemgate:problem:{kind}"), "{path} {headers:?} {body}");
+    }
+    assert_eq!(app.total(), 0);
+    assert_eq!(proxy.metric("idemgate_requests_total{route=\"json\",outcome=\"rejected\"}").await, 7.0);
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_ascii_gets_400() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, LIMITED).await;
+    let raw = b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: caf\xc3\xa9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let reply = raw_exchange(proxy.proxy_addr, raw).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(app.total(), 0);
+}
+
+#[tokio::test]
+async fn bodies_over_max_body_get_413() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, LIMITED).await;
+    let big = "x".repeat(1025);
+    let reply = proxy.post("/hooks/a", &[("idempotency-key", "big")], &big).await;
+    assert_eq!(reply.assert_problem(413), "urn:idemgate:problem:body-too-large");
+    assert_eq!(proxy.post("/hooks/a", &[("idempotency-key", "fits")], &big[..1024]).await.status, 200);
+
+    // A chunked body has no declared length: it is cut off once it passes the limit.
+    let chunk = "x".repeat(600);
+    let chunked = format!(
+        "POST /hooks/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: chunked\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let reply = raw_exchange(proxy.proxy_addr, chunked.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert_eq!(app.count("big") + app.count("chunked"), 0);
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_without_reading_the_body() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, LIMITED).await;
+    let mut stream = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    // Only the head is sent: the 413 must come without waiting for 10 MB that never arrive.
+    let head = "POST /hooks/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k\r\nContent-Length: 10000000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let reply = read_some(&mut stream).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert_eq!(app.total(), 0);
+}
+
+#[tokio::test]
+async fn normalized_path_variants_hit_the_route_and_unsafe_paths_get_400() {
+    let app = TestApp::start().await;
+    let routes = "routes:
+  - name: github
+    match: { path: /webhooks/github }
+    key: { header: X-GitHub-Delivery }
+";
+    let proxy = TestProxy::start(&app, routes).await;
+    let variants = [
+        "/webhooks/github",
+        "//webhooks/github",
+        "/webhooks//github",
+        "/webhooks/%67ithub",
+        "/webhooks/./github",
+        "/x/../webhooks/github",
+        "/webhooks/%2e/github",
+        "/webhooks/github?x=1",
+    ];
+    for path in variants {
+        let reply = proxy.post(path, &[("x-github-delivery", "same")], "{}").await;
+        assert_eq!(reply.status, 200, "{path}");
+    }
+    assert_eq!(app.count("same"), 1, "every variant is the github route: one forward, then replays");
+    for path in variants {
+        let reply = proxy.post(path, &[], "{}").await;
+        assert_eq!(reply.assert_problem(400), "urn:idemgate:problem:missing-key", "{path} is protected");
+    }
+    for path in ["/webhooks%2fgithub", "/webhooks/%zzgithub", "/webhooks/github%", "/../webhooks/github"] {
+        let reply = raw_exchange(
+            proxy.proxy_addr,
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{path}: {reply}");
+        assert!(reply.contains("bad-path"), "{path}: {reply}");
+    }
+    assert_eq!(app.total(), 1, "unsafe paths never pass through");
+}
+
+#[tokio::test]
+async fn slow_request_heads_are_dropped_after_header_read_timeout() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &format!("server: {{ header_read_timeout: 200ms }}\n{HEADER_ROUTE}")).await;
+    let mut stream = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    stream.write_all(b"POST /hooks/a HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // The connection is closed by the proxy; the read ends (EOF or a 408) instead of hanging.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert_eq!(app.total(), 0);
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_wait_for_a_free_slot() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &format!("server: {{ max_connections: 1 }}\n{HEADER_ROUTE}")).await;
+    let mut first = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    first.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(read_some(&mut first).await.starts_with("HTTP/1.1 200"));
+    // The first connection stays open (keep-alive) and holds the only slot.
+    let mut second = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    second.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(early.is_err(), "the second connection must not be served while the first holds the slot");
+    drop(first);
+    assert!(read_some(&mut second).await.starts_with("HTTP/1.1 200"));
+}
+
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await.expect("answer").ok();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+async fn read_some(stream: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.expect("answer").unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
