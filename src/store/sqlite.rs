@@ -145,8 +145,10 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
 
-/// Runs the batch in one transaction. If anything in it fails, the transaction is rolled back
-/// and each job is run in a transaction of its own, so one bad job cannot fail its neighbours.
+/// Runs the batch in one transaction. If a job fails for a reason of its own, the transaction is
+/// rolled back and each job runs in a transaction of its own, so that one bad job cannot fail its
+/// neighbours. A store-wide failure (locked too long, disk full, I/O) fails the whole batch at
+/// once: retrying each job would only hold every caller for another lock timeout.
 fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
     match apply_all(conn, batch) {
         Ok(outcomes) => {
@@ -154,13 +156,14 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
                 let _ = job.reply.send(Ok(outcome));
             }
         }
-        Err(_) if batch.len() > 1 => {
+        Err(e) if batch.len() > 1 && !store_wide(&e) => {
             for job in batch.drain(..) {
                 let result = apply_all(conn, std::slice::from_ref(&job)).map(|mut v| v.remove(0));
-                let _ = job.reply.send(result);
+                let _ = job.reply.send(result.map_err(unavailable));
             }
         }
         Err(e) => {
+            let e = unavailable(e);
             for job in batch.drain(..) {
                 let _ = job.reply.send(Err(e.clone()));
             }
@@ -168,10 +171,27 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
     }
 }
 
-fn apply_all(conn: &mut Connection, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
-    let outcomes = jobs.iter().map(|job| apply(&tx, &job.op)).collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
-    tx.commit().map_err(unavailable)?;
+fn store_wide(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | DatabaseCorrupt
+                | NotADatabase
+                | ReadOnly
+                | CannotOpen
+        )
+    )
+}
+
+fn apply_all(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Outcome>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let outcomes = jobs.iter().map(|job| apply(&tx, &job.op)).collect::<Result<Vec<_>, _>>()?;
+    tx.commit()?;
     Ok(outcomes)
 }
 

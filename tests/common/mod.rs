@@ -249,10 +249,12 @@ pub struct TestProxy {
     running: Option<idemgate::server::Running>,
 }
 
-/// The config around `body` (YAML with `defaults:`/`routes:` and any other sections).
+/// The config around `body` (YAML with `defaults:`/`routes:` and any other sections; an `admin:`
+/// section in `body` replaces the harness's, and must listen on port 0 too).
 pub fn config_yaml(upstream: &str, db_path: &std::path::Path, body: &str) -> String {
+    let admin = if body.lines().any(|l| l.starts_with("admin:")) { "" } else { "admin: { listen: 127.0.0.1:0 }\n" };
     format!(
-        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ level: warn }}\n\
+        "listen: 127.0.0.1:0\n{admin}log: {{ level: warn }}\n\
          upstream: {{ url: {upstream}, timeout: 2s }}\nstore: {{ sqlite: {{ path: {} }} }}\n{body}",
         db_path.display()
     )

@@ -1,0 +1,104 @@
+//! The admin listener: health, readiness, metrics, key administration, the bearer token.
+
+mod common;
+
+use common::{HEADER_ROUTE, TestApp, TestProxy};
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, HEADER_ROUTE).await;
+    assert_eq!(proxy.admin.get("/healthz").await.status, 200);
+    assert_eq!(proxy.admin.get("/readyz").await.status, 200);
+    proxy.admin.get("/nope").await.assert_problem(404);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_outcome() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, HEADER_ROUTE).await;
+    proxy.post("/hooks/a", &[("idempotency-key", "m1")], "{}").await;
+    proxy.post("/hooks/a", &[("idempotency-key", "m1")], "{}").await;
+    proxy.post("/hooks/a", &[("idempotency-key", "m1")], "{}").await;
+    proxy.post("/hooks/a", &[], "{}").await;
+    proxy.post("/hooks/a", &[("idempotency-key", "m2"), ("x-test-status", "500")], "{}").await;
+    proxy.client.get("/other").await;
+    let counted = |outcome: &'static str, route: &'static str| {
+        let proxy = &proxy;
+        async move { proxy.metric(&format!("idemgate_requests_total{{route=\"{route}\",outcome=\"{outcome}\"}}")).await }
+    };
+    assert_eq!(counted("forwarded", "hooks").await, 2.0, "the 500 was forwarded too");
+    assert_eq!(counted("replayed", "hooks").await, 2.0);
+    assert_eq!(counted("rejected", "hooks").await, 1.0);
+    assert_eq!(counted("passthrough", "-").await, 1.0);
+    assert_eq!(proxy.metric("idemgate_cache_hits_total").await, 2.0, "replays came from memory");
+    let text = String::from_utf8(proxy.admin.get("/metrics").await.body.to_vec()).unwrap();
+    for name in [
+        "idemgate_request_duration_seconds_bucket",
+        "idemgate_upstream_duration_seconds_bucket",
+        "idemgate_store_duration_seconds_bucket",
+        "idemgate_inflight_claims",
+        "idemgate_cache_misses_total",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+    assert!(!text.contains("m1"), "keys never appear in metrics");
+}
+
+#[tokio::test]
+async fn keys_can_be_inspected_and_deleted() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, HEADER_ROUTE).await;
+    proxy.post("/hooks/a", &[("idempotency-key", "evt:1/x")], "{}").await;
+
+    let record = proxy.admin.get("/admin/keys/hooks/evt%3A1%2Fx").await;
+    assert_eq!(record.status, 200);
+    let json = record.json();
+    assert_eq!(json["state"], "completed");
+    assert_eq!(json["status"], 200);
+    assert!(json["created"].as_str().unwrap().ends_with('Z'));
+    assert!(json["expires"].as_str().unwrap() > json["created"].as_str().unwrap());
+
+    proxy.admin.get("/admin/keys/hooks/unknown").await.assert_problem(404);
+    proxy.admin.get("/admin/keys/nosuchroute/x").await.assert_problem(404);
+
+    let deleted = proxy.admin.send("DELETE", "/admin/keys/hooks/evt:1%2Fx", &[], "").await;
+    assert_eq!(deleted.status, 204);
+    proxy.admin.get("/admin/keys/hooks/evt:1%2Fx").await.assert_problem(404);
+    let again = proxy.post("/hooks/a", &[("idempotency-key", "evt:1/x")], "{}").await;
+    assert!(!again.replayed(), "a forgotten key is forwarded on its next delivery");
+    assert_eq!(app.count("evt:1/x"), 2);
+}
+
+#[tokio::test]
+async fn scoped_keys_need_the_scope_value() {
+    let app = TestApp::start().await;
+    let routes = "routes:
+  - name: gh
+    match: { path: /gh }
+    key: { header: X-GitHub-Delivery }
+    scope: { header: X-GitHub-Hook-ID }
+";
+    let proxy = TestProxy::start(&app, routes).await;
+    proxy.post("/gh", &[("x-github-delivery", "d"), ("x-github-hook-id", "77")], "{}").await;
+    proxy.admin.get("/admin/keys/gh/d").await.assert_problem(400);
+    assert_eq!(proxy.admin.get("/admin/keys/gh/d?scope=77").await.status, 200);
+    proxy.admin.get("/admin/keys/gh/d?scope=78").await.assert_problem(404);
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_key_administration_only() {
+    let app = TestApp::start().await;
+    let proxy =
+        TestProxy::start(&app, &format!("admin: {{ listen: 127.0.0.1:0, token: s3cret }}\n{HEADER_ROUTE}")).await;
+    proxy.post("/hooks/a", &[("idempotency-key", "t")], "{}").await;
+    proxy.admin.get("/admin/keys/hooks/t").await.assert_problem(401);
+    let wrong = proxy.admin.send("GET", "/admin/keys/hooks/t", &[("authorization", "Bearer s3cre")], "").await;
+    wrong.assert_problem(401);
+    proxy.admin.send("DELETE", "/admin/keys/hooks/t", &[], "").await.assert_problem(401);
+    assert!(proxy.post("/hooks/a", &[("idempotency-key", "t")], "{}").await.replayed(), "nothing was deleted");
+    let right = proxy.admin.send("GET", "/admin/keys/hooks/t", &[("authorization", "Bearer s3cret")], "").await;
+    assert_eq!(right.status, 200);
+    assert_eq!(proxy.admin.get("/healthz").await.status, 200, "probes need no token");
+    assert_eq!(proxy.admin.get("/metrics").await.status, 200);
+}
