@@ -22,7 +22,8 @@ async fn malformed_keys_get_400_and_never_reach_the_app() {
     let app = TestApp::start().await;
     let proxy = TestProxy::start(&app, LIMITED).await;
     let deep = "[".repeat(600);
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         ("/hooks/a", vec![], "{}", "missing-key"),
         ("/hooks/a", vec![("idempotency-key", "0123456789x")], "{}", "invalid-key"),
         ("/hooks/a", vec![("idempotency-key", "a b")], "{}", "invalid-key"),

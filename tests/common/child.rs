@@ -36,7 +36,11 @@ impl ChildProxy {
             }
         });
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(20)).expect("idemgate did not report listening within 20s");
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("idemgate did not report listening within 20s");
+            };
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["message"] == "listening" {
                 let proxy_addr = v["listen"].as_str().unwrap().parse().unwrap();
