@@ -74,6 +74,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = admin_listener.local_addr().map_err(|e| StartError::Bind(config.admin.listen, e))?;
 
     let (stop, stopped) = watch::channel(false);
+    // The admin listener outlives the proxy listener during the drain, so that readiness can
+    // say "draining" (503) while requests in flight finish.
+    let (stop_admin, admin_stopped) = watch::channel(false);
     let limits = Limits {
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         header_read_timeout: config.server.header_read_timeout.0,
@@ -87,7 +90,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_loop = {
         let admin = admin.clone();
         let admin_limits = Limits { connections: Arc::new(Semaphore::new(64)), ..limits };
-        accept_loop(admin_listener, admin_limits, stopped.clone(), move |req, _| admin.clone().handle(req))
+        accept_loop(admin_listener, admin_limits, admin_stopped, move |req, _| admin.clone().handle(req))
     };
     let proxy_loop = tokio::spawn(proxy_loop);
     let admin_loop = tokio::spawn(admin_loop);
@@ -97,12 +100,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let task = tokio::spawn(async move {
         let mut stopped = stopped;
         stop_requested(&mut stopped).await;
-        tracing::info!("shutting down: no new connections; draining requests in flight");
         admin.set_draining();
         let proxy_conns = proxy_loop.await.unwrap_or_default();
+        tracing::info!(in_flight = proxy_conns.count(), "shutting down: listener closed; draining connections");
         if tokio::time::timeout(grace, proxy_conns.shutdown()).await.is_err() {
             tracing::warn!(grace = ?grace, "requests still in flight after the shutdown grace; closing them");
         }
+        let _ = stop_admin.send(true);
         let admin_conns = admin_loop.await.unwrap_or_default();
         let _ = tokio::time::timeout(ADMIN_GRACE, admin_conns.shutdown()).await;
         sweeper.abort();

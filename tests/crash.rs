@@ -1,0 +1,86 @@
+//! Crash tests: the real binary, SIGKILLed, restarted on the same SQLite file.
+
+mod common;
+
+use common::child::ChildProxy;
+use common::{TestApp, TestClient, config_yaml, eventually};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ROUTES: &str = "routes:
+  - name: hooks
+    match: { path_prefix: /hooks/ }
+    key: { header: Idempotency-Key }
+    lease: 3s
+";
+
+/// A config for a child proxy: ports 0, logs at info (the harness reads the "listening" line).
+pub fn child_config(dir: &Path, app: &TestApp) -> PathBuf {
+    let file = dir.join("idemgate.yaml");
+    let yaml = config_yaml(&app.url(), &dir.join("idemgate.db"), ROUTES).replace("level: warn", "level: info");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_keys_survive_sigkill_and_are_replayed_after_restart() {
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = child_config(dir.path(), &app);
+
+    let proxy = ChildProxy::spawn(&config);
+    let client = TestClient::new(proxy.proxy_addr);
+    let mut first_bodies = Vec::new();
+    for i in 0..20 {
+        let reply = client.post("/hooks/a", &[("idempotency-key", &format!("k{i}"))], "{}").await;
+        assert_eq!(reply.status, 200);
+        first_bodies.push(reply.body);
+    }
+    proxy.kill();
+
+    let proxy = ChildProxy::spawn(&config);
+    let client = TestClient::new(proxy.proxy_addr);
+    for (i, body) in first_bodies.iter().enumerate() {
+        let key = format!("k{i}");
+        let reply = client.post("/hooks/a", &[("idempotency-key", &key)], "{}").await;
+        assert!(reply.replayed(), "{key} must be replayed after the crash");
+        assert_eq!(&reply.body, body);
+        assert_eq!(app.count(&key), 1);
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("idemgate.db")).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_killed_mid_flight_is_blocked_until_its_lease_ends_then_forwarded_once_more() {
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = child_config(dir.path(), &app);
+
+    let proxy = ChildProxy::spawn(&config);
+    let client = TestClient::new(proxy.proxy_addr);
+    app.hold("mid");
+    let in_flight = tokio::spawn(async move { client.post("/hooks/a", &[("idempotency-key", "mid")], "{}").await });
+    assert_eq!(app.arrival().await, "mid");
+    proxy.kill();
+    assert!(in_flight.await.is_err(), "the client lost its connection with the proxy");
+    app.release("mid");
+
+    let proxy = ChildProxy::spawn(&config);
+    let client = TestClient::new(proxy.proxy_addr);
+    let blocked = client.post("/hooks/a", &[("idempotency-key", "mid")], "{}").await;
+    blocked.assert_problem(409);
+    assert_eq!(app.count("mid"), 1);
+    let forwarded = eventually(Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { client.post("/hooks/a", &[("idempotency-key", "mid")], "{}").await.status == 200 }
+    })
+    .await;
+    assert!(forwarded, "after the lease (3s) the key is forwarded once more");
+    assert_eq!(app.count("mid"), 2);
+    let deliveries = app.deliveries();
+    assert!(deliveries.iter().all(|d| d.headers["x-idempotency-key"] == "mid"), "same key header both times");
+    assert!(client.post("/hooks/a", &[("idempotency-key", "mid")], "{}").await.replayed());
+    assert_eq!(app.count("mid"), 2);
+}

@@ -1,0 +1,59 @@
+//! SIGTERM and SIGINT: stop accepting, finish requests in flight, close the store, exit 0.
+
+mod common;
+
+use common::child::ChildProxy;
+use common::{TestApp, TestClient, config_yaml};
+use std::time::Duration;
+
+fn write_config(dir: &std::path::Path, app: &TestApp) -> std::path::PathBuf {
+    let routes = "server: { shutdown_grace: 10s }
+routes:
+  - name: hooks
+    match: { path_prefix: /hooks/ }
+    key: { header: Idempotency-Key }
+";
+    let file = dir.join("idemgate.yaml");
+    let yaml = config_yaml(&app.url(), &dir.join("idemgate.db"), routes).replace("level: warn", "level: info");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_and_exits_0() {
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app);
+    let proxy = ChildProxy::spawn(&config);
+    let client = TestClient::new(proxy.proxy_addr);
+    let admin = TestClient::new(proxy.admin_addr);
+
+    app.hold("draining");
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.post("/hooks/a", &[("idempotency-key", "draining")], "{}").await })
+    };
+    app.arrival().await;
+    proxy.signal("TERM");
+    // Readiness fails while the drain is on.
+    // Once this line is out, the listener is closed and readiness says draining.
+    while !proxy.lines.recv_timeout(Duration::from_secs(10)).unwrap().contains("shutting down") {}
+    assert_eq!(admin.get("/readyz").await.status, 503);
+    assert!(tokio::net::TcpStream::connect(proxy.proxy_addr).await.is_err(), "no new connections once the drain began");
+    app.release("draining");
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "the request in flight finished");
+    let status = proxy.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status:?}");
+
+    // The drained request's response was stored before it left.
+    let proxy = ChildProxy::spawn(&config);
+    let client = TestClient::new(proxy.proxy_addr);
+    assert!(client.post("/hooks/a", &[("idempotency-key", "draining")], "{}").await.replayed());
+    assert_eq!(app.count("draining"), 1);
+    proxy.signal("INT");
+    assert!(proxy.wait_exit(Duration::from_secs(15)).success());
+    // A clean stop leaves no WAL behind.
+    let wal = dir.path().join("idemgate.db-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+}
