@@ -30,12 +30,20 @@ async fn completed_keys_survive_sigkill_and_are_replayed_after_restart() {
 
     let proxy = ChildProxy::spawn(&config);
     let client = TestClient::new(proxy.proxy_addr);
+    // Concurrent deliveries, so that completions share group commits.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.post("/hooks/a", &[("idempotency-key", &format!("k{i}"))], "{}").await })
+        })
+        .collect();
     let mut first_bodies = Vec::new();
-    for i in 0..20 {
-        let reply = client.post("/hooks/a", &[("idempotency-key", &format!("k{i}"))], "{}").await;
+    for task in tasks {
+        let reply = task.await.unwrap();
         assert_eq!(reply.status, 200);
         first_bodies.push(reply.body);
     }
+    // Killed the moment the last response arrived: only what was synced can survive.
     proxy.kill();
 
     let proxy = ChildProxy::spawn(&config);

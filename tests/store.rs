@@ -1,0 +1,126 @@
+//! The store contract, on the real SQLite file: atomic claims under concurrency (group commit),
+//! fencing by claim token, durable completion, schema and journal settings.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use idemgate::store::{Claim, ClaimOutcome, Completed, RecordId, SqliteStore, State, Store, StoredResponse, now_ms};
+use std::sync::Arc;
+
+fn id(key: &str) -> RecordId {
+    RecordId { route: "r".into(), scope: "s".into(), key: key.into() }
+}
+
+fn claim(key: &str, token: u64) -> Claim {
+    Claim { id: id(key), token, fingerprint: Some([7; 32]), now_ms: now_ms(), lease_ms: 60_000 }
+}
+
+fn response() -> Completed {
+    Completed {
+        fingerprint: Some([7; 32]),
+        response: StoredResponse {
+            status: 201,
+            headers: vec![
+                (HeaderName::from_static("content-type"), HeaderValue::from_static("application/json")),
+                (HeaderName::from_static("x-multi"), HeaderValue::from_static("a")),
+                (HeaderName::from_static("x-multi"), HeaderValue::from_static("b")),
+            ],
+            body: Bytes::from_static(b"{\"ok\":true}\n\x00\xff"),
+            body_omitted: false,
+        },
+        created_ms: now_ms(),
+        expires_ms: now_ms() + 60_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_of_one_key_produce_exactly_one_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    let tasks: Vec<_> = (0..200)
+        .map(|token| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim(claim("one", token)).await.unwrap() })
+        })
+        .collect();
+    let mut owners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            ClaimOutcome::Claimed { .. } => owners += 1,
+            ClaimOutcome::InFlight { fingerprint, .. } => assert_eq!(fingerprint, Some([7; 32])),
+            ClaimOutcome::Completed(_) => panic!("nothing was completed"),
+        }
+    }
+    assert_eq!(owners, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_of_distinct_keys_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim(claim(&format!("k{i}"), i)).await.unwrap() })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.await.unwrap(), ClaimOutcome::Claimed { .. }));
+    }
+}
+
+#[tokio::test]
+async fn only_the_owning_token_completes_or_releases_and_the_record_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(matches!(store.claim(claim("k", 1)).await.unwrap(), ClaimOutcome::Claimed { token: 1 }));
+    assert!(!store.complete(id("k"), 2, response()).await.unwrap(), "another token cannot complete");
+    store.release(id("k"), 2).await.unwrap();
+    assert!(matches!(store.claim(claim("k", 3)).await.unwrap(), ClaimOutcome::InFlight { .. }), "nor release");
+    assert!(store.complete(id("k"), 1, response()).await.unwrap());
+    assert!(!store.complete(id("k"), 1, response()).await.unwrap(), "a completed record is final");
+    store.close().await.unwrap();
+
+    let store = SqliteStore::open(&path).unwrap();
+    match store.claim(claim("k", 4)).await.unwrap() {
+        ClaimOutcome::Completed(done) => assert_eq!(done.response, response().response, "stored exactly"),
+        other => panic!("expected the completed record, got {other:?}"),
+    }
+    let record = store.get(id("k")).await.unwrap().unwrap();
+    assert_eq!(record.state, State::Completed);
+    assert_eq!(record.status, Some(201));
+    assert!(store.delete(id("k")).await.unwrap());
+    assert!(store.get(id("k")).await.unwrap().is_none());
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn released_keys_can_be_claimed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+    store.claim(claim("k", 1)).await.unwrap();
+    store.release(id("k"), 1).await.unwrap();
+    assert!(matches!(store.claim(claim("k", 2)).await.unwrap(), ClaimOutcome::Claimed { token: 2 }));
+}
+
+#[tokio::test]
+async fn the_database_is_wal_versioned_and_created_with_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("deeper").join("s.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.check_writable().await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 1);
+    drop(conn);
+    store.close().await.unwrap();
+
+    // A database from a newer idemgate is refused, not rewritten.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).err().expect("refused");
+    assert!(err.to_string().contains("newer"), "{err}");
+}
