@@ -40,9 +40,12 @@ pub struct Pipeline {
     tokens: Tokens,
 }
 
-/// Who a delivery is: its record id, and the key as the app receives it.
-struct Identity {
+/// A key this request owns: what `forward`, `capture` and `commit` work with.
+struct Claimed {
+    route: Arc<Route>,
     id: RecordId,
+    token: u64,
+    fingerprint: Option<Fingerprint>,
 }
 
 /// What the request log line and the metrics say about one request.
@@ -110,17 +113,17 @@ impl Pipeline {
     ) -> Answer {
         let (parts, body) = req.into_parts();
         let body = read_body(&parts, body, route.policy.max_body.0).await?;
-        let Some(identity) = identify(&route, &parts, &body)? else {
+        let Some(id) = identify(&route, &parts, &body)? else {
             report.outcome = Outcome::passthrough;
             return self.forward_unprotected(parts, body, client).await;
         };
-        report.key = Some(identity.id.key.clone());
+        report.key = Some(id.key.clone());
         let fingerprint = fingerprint(&route, &parts, &body)?;
         let deadline = Instant::now() + route.policy.wait_timeout.0;
         loop {
             // Subscribed before the claim, so a wake between the claim and the wait is not lost.
-            let waiting = (route.policy.concurrent == Concurrent::Wait).then(|| self.waiters.subscribe(&identity.id));
-            match self.claim(&route, &identity, fingerprint).await? {
+            let waiting = (route.policy.concurrent == Concurrent::Wait).then(|| self.waiters.subscribe(&id));
+            match self.claim(&route, &id, fingerprint).await? {
                 Decision::Replay(done) => {
                     report.outcome = Outcome::replayed;
                     return Ok(replay::replay(&done.response));
@@ -130,7 +133,7 @@ impl Pipeline {
                     let Some(waiting) = waiting else {
                         return Err(Problem::InFlight);
                     };
-                    if !self.waiters.wait(&identity.id, waiting, deadline, expires_ms).await {
+                    if !self.waiters.wait(&id, waiting, deadline, expires_ms).await {
                         return Err(Problem::InFlight);
                     }
                 }
@@ -138,7 +141,8 @@ impl Pipeline {
                     report.outcome = Outcome::forwarded;
                     // The exchange runs on its own task: if the client goes away mid-flight, the
                     // app's answer is still committed, so the provider's retry gets the replay.
-                    let exchange = self.clone().exchange(route, identity, token, fingerprint, parts, body, client);
+                    let claimed = Claimed { route, id, token, fingerprint };
+                    let exchange = self.clone().exchange(claimed, parts, body, client);
                     return tokio::spawn(exchange)
                         .await
                         .unwrap_or_else(|e| Err(Problem::BadRequest(format!("internal error: {e}"))));
@@ -148,14 +152,9 @@ impl Pipeline {
     }
 
     /// Stage `claim`: the cache, then the store; the pure [`decide`] turns what was found into what to do.
-    async fn claim(
-        &self,
-        route: &Route,
-        identity: &Identity,
-        fingerprint: Option<Fingerprint>,
-    ) -> Result<Decision, Problem> {
+    async fn claim(&self, route: &Route, id: &RecordId, fingerprint: Option<Fingerprint>) -> Result<Decision, Problem> {
         let claim = Claim {
-            id: identity.id.clone(),
+            id: id.clone(),
             token: self.tokens.next(),
             fingerprint,
             now_ms: now_ms(),
@@ -166,37 +165,26 @@ impl Pipeline {
     }
 
     /// Stages `forward`, `capture` and `commit` for a claimed key.
-    #[allow(clippy::too_many_arguments)]
-    async fn exchange(
-        self: Arc<Self>,
-        route: Arc<Route>,
-        identity: Identity,
-        token: u64,
-        fingerprint: Option<Fingerprint>,
-        parts: Parts,
-        body: Bytes,
-        client: SocketAddr,
-    ) -> Answer {
+    async fn exchange(self: Arc<Self>, claimed: Claimed, parts: Parts, body: Bytes, client: SocketAddr) -> Answer {
         self.metrics.inflight_claims.inc();
-        let result = self.forward_and_capture(&route, &identity, parts, body, client).await;
-        let answer = self.commit(&route, &identity, token, fingerprint, result).await;
+        let result = self.forward_and_capture(&claimed, parts, body, client).await;
+        let answer = self.commit(&claimed, result).await;
         self.metrics.inflight_claims.dec();
-        self.waiters.wake(&identity.id);
+        self.waiters.wake(&claimed.id);
         answer
     }
 
     /// Stage `forward` then `capture`: the app's response with its body read up to the limit.
     async fn forward_and_capture(
         &self,
-        route: &Route,
-        identity: &Identity,
+        claimed: &Claimed,
         mut parts: Parts,
         body: Bytes,
         client: SocketAddr,
     ) -> Result<Captured, Problem> {
-        parts.headers.remove(&route.forward_key_header);
-        let key =
-            HeaderValue::from_str(&identity.id.key).map_err(|_| Problem::BadKey(KeyError::NotVisible("key".into())))?;
+        let route = &claimed.route;
+        // Validated as visible ASCII in `identify`, so always a valid header value.
+        let key = HeaderValue::from_str(&claimed.id.key).map_err(|_| KeyError::NotVisible("key".into()))?;
         parts.headers.insert(route.forward_key_header.clone(), key);
         let mut req = Request::from_parts(parts, replay::full(body));
         self.upstream.prepare(&mut req, client)?;
@@ -209,34 +197,28 @@ impl Pipeline {
 
     /// Stage `commit`: a status in `store_status` completes the key, durably, before the response
     /// leaves; anything else (including no response at all) releases it for the next delivery.
-    async fn commit(
-        &self,
-        route: &Route,
-        identity: &Identity,
-        token: u64,
-        fingerprint: Option<Fingerprint>,
-        result: Result<Captured, Problem>,
-    ) -> Answer {
+    async fn commit(&self, claimed: &Claimed, result: Result<Captured, Problem>) -> Answer {
+        let Claimed { route, id, token, fingerprint } = claimed;
         let captured = match result {
             Ok(c) if route.store_status.contains(c.status) => c,
             other => {
-                if let Err(e) = self.records.release(&identity.id, token).await {
-                    tracing::warn!(route = %route.name, key = %identity.id.key, error = %e, "release failed; the key is blocked until its lease ends");
+                if let Err(e) = self.records.release(id, *token).await {
+                    tracing::warn!(route = %route.name, key = %id.key, error = %e, "release failed; the key is blocked until its lease ends");
                 }
                 return other.map(Captured::into_response);
             }
         };
         let now = now_ms();
         let completed = Completed {
-            fingerprint,
+            fingerprint: *fingerprint,
             response: captured.to_stored(),
             created_ms: now,
             expires_ms: now.saturating_add(route.policy.ttl.0.as_millis() as i64),
         };
-        if !self.records.complete(&identity.id, token, completed).await? {
+        if !self.records.complete(id, *token, completed).await? {
             // Our lease ended and another request took the key (or an operator deleted it).
             self.metrics.lost_claims.inc();
-            tracing::warn!(route = %route.name, key = %identity.id.key, "the claim was lost before completion; the response is not stored");
+            tracing::warn!(route = %route.name, key = %id.key, "the claim was lost before completion; the response is not stored");
         }
         Ok(captured.into_response())
     }
@@ -275,7 +257,7 @@ async fn read_body(parts: &Parts, body: Incoming, limit: u64) -> Result<Bytes, P
 
 /// Stage `identify`: the key and the scope. `None` when the key is missing and the route
 /// forwards such requests unprotected.
-fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Identity>, Problem> {
+fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordId>, Problem> {
     let view = RequestView::new(&parts.headers, parts.uri.query(), body);
     let key = match route.key.extract(&view, route.policy.max_key_length)? {
         Some(key) => key,
@@ -290,7 +272,7 @@ fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Identit
             hex(&Sha256::digest(value.as_bytes()))
         }
     };
-    Ok(Some(Identity { id: RecordId { route: route.name.clone(), scope, key } }))
+    Ok(Some(RecordId { route: route.name.clone(), scope, key }))
 }
 
 /// Scope values are hashed, so their length costs nothing in the store; this only bounds work.
