@@ -85,6 +85,7 @@ WORKDIR="${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/idemgate-bench.XXXXXX")}"
 mkdir -p "$WORKDIR"
 chmod 755 "$WORKDIR" # nginx workers may run as another user
 RESULTS="$WORKDIR/results.tsv"
+mkdir -p "$WORKDIR/wrk"
 RUN_TAG="b$(date +%s)$$"
 HOT="hot-$RUN_TAG"
 
@@ -276,17 +277,18 @@ run_wrk() {
     grep '^RESULT ' "$out" | tail -n 1 || true
 }
 
-printf 'round\tmode\ttarget\trps\tp50_us\tp99_us\tnon2xx\terrors\trequests\treplayed\n' >"$RESULTS"
+printf 'round\tmode\ttarget\trps\tp50_us\tp99_us\tnon2xx\terrors\trequests\treplayed\tidemgate_rss_kib\n' >"$RESULTS"
 
-record() { # round mode target result-line
-    local r=$4
+record() { # round mode target result-line; also notes idemgate's RSS after the run
+    local r=$4 rss
+    rss=$(rss_kib "$IDG_PID" VmRSS)
     if [[ -z "$r" ]]; then
-        printf '%s\t%s\t%s\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n' "$1" "$2" "$3" >>"$RESULTS"
+        printf '%s\t%s\t%s\tNA\tNA\tNA\tNA\tNA\tNA\tNA\t%s\n' "$1" "$2" "$3" "$rss" >>"$RESULTS"
         return
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" \
         "$(field "$r" rps)" "$(field "$r" p50_us)" "$(field "$r" p99_us)" "$(field "$r" non2xx)" \
-        "$(field "$r" errors)" "$(field "$r" requests)" "$(field "$r" replayed)" >>"$RESULTS"
+        "$(field "$r" errors)" "$(field "$r" requests)" "$(field "$r" replayed)" "$rss" >>"$RESULTS"
 }
 
 # Warm the hot keys: one request each over one connection (wrk stops itself after 100 answers;
@@ -294,7 +296,7 @@ record() { # round mode target result-line
 warm() {
     local target=$1 i r n
     for ((i = 1; i <= 5; i++)); do
-        r=$(run_wrk "$WORKDIR/wrk-warm-$target-$i.txt" "$target" warm 1 1 2s "warm")
+        r=$(run_wrk "$WORKDIR/wrk/warm-$target-$i.txt" "$target" warm 1 1 2s "warm")
         n=$(field "$r" requests)
         if [[ -n "$n" && "$n" -ge 100 ]]; then
             [[ "$(field "$r" non2xx)" == "0" ]] || log "WARNING: warm-up of $target: $r"
@@ -304,7 +306,6 @@ warm() {
     log "WARNING: warm-up of $target did not complete 100 requests"
 }
 
-mkdir -p "$WORKDIR/wrk"
 NRUNS=$((ROUNDS * ${#MODES[@]} * ${#TARGETS[@]}))
 log "work dir $WORKDIR; $NRUNS runs of $DURATION + probes, about $(((NRUNS * (DUR_S + 1) + 4 * (PROBE_S + 1) + 10) / 60 + 1)) min"
 
@@ -318,7 +319,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             r=$(run_wrk "$WORKDIR/wrk/r$round-$mode-$target.txt" "$target" "$mode" "$THREADS" "$CONNS" \
                 "$DURATION" "$RUN_TAG-r$round-$mode-$target")
             record "$round" "$mode" "$target" "$r"
-            log "round $round/$ROUNDS $mode $target: ${r:-no result}"
+            log "round $round/$ROUNDS $mode $target: ${r:-no result} idemgate_rss=$(($(rss_kib "$IDG_PID" VmRSS) / 1024))MiB"
             alive_check
             sleep 0.5
         done
@@ -342,9 +343,12 @@ END_RSS_KIB=$(rss_kib "$IDG_PID" VmRSS)
 DB_KIB=$( (du -sk "$WORKDIR"/idemgate.db* 2>/dev/null || true) | awk '{s += $1} END {print s + 0}')
 
 # ------------------------------------------------------------------------- report
+WRK_VER=$( (wrk -v 2>&1 || true) | awk 'NR == 1 {print $1, $2}')
+NGX_VER=$( ("$NGINX" -v 2>&1 || true) | sed 's/.*: //')
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 {
     echo
-    echo "== idemgate vs nginx proxy_pass ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'))"
+    echo "== idemgate vs nginx proxy_pass ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load $LOADAVG, $WRK_VER, $NGX_VER)"
     echo "throughput: wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS round(s), ~1 KiB JSON POST /webhooks/bench"
     echo "replay sanity check: $SANITY"
     echo
@@ -370,6 +374,7 @@ DB_KIB=$( (du -sk "$WORKDIR"/idemgate.db* 2>/dev/null || true) | awk '{s += $1} 
     END {
         split("new dup mix", modes, " "); split("upstream nginx idemgate", targets, " ")
         goal["new"] = 0.6; goal["dup"] = 1.5; goal["mix"] = 1.2
+        want["new"] = 0; want["dup"] = 99; want["mix"] = 85
         printf "%-4s %-9s %4s %10s %19s %8s %8s %7s %6s %8s %9s %9s  %s\n", "mode", "target", "runs", "rps(med)", "rps(min-max)", "p50(ms)", "p99(ms)", "non2xx", "errors", "replay%", "rps/nginx", "p99/nginx", "goal"
         for (mi = 1; mi <= 3; mi++) {
             m = modes[mi]
@@ -386,6 +391,8 @@ DB_KIB=$( (du -sk "$WORKDIR"/idemgate.db* 2>/dev/null || true) | awk '{s += $1} 
                     if (m == "dup") { ok = ok && (P99[t] <= P99["nginx"]); cond = cond " & p99<=nginx" }
                     if (non2xx[k] > 0 || errs[k] > 0) { ok = 0; cond = cond " & no errors" }
                     verdict = cond ": " (ok ? "PASS" : "FAIL")
+                    # dup should be ~100% replays, mix ~90%: otherwise the run measured something else
+                    if (rp != "-" && rp + 0 < want[m]) verdict = verdict " (INVALID: replay% " rp " < " want[m] ")"
                 }
                 printf "%-4s %-9s %4d %10.0f %19s %8.3f %8.3f %7d %6d %8s %9s %9s  %s\n", m, t, n[k], R[t], sprintf("%.0f-%.0f", mn(rps[k]), mx(rps[k])), med(p50[k]) / 1000, P99[t] / 1000, non2xx[k], errs[k], rp, ratio, pr, verdict
             }

@@ -8,7 +8,7 @@ use crate::error::{Body, BoxError, Problem};
 use crate::store::StoredResponse;
 use crate::upstream::strip_hop_by_hop;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use std::pin::Pin;
@@ -81,7 +81,7 @@ impl Captured {
         };
         StoredResponse {
             status: self.status.as_u16(),
-            headers: self.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+            headers: self.headers.iter().map(|(n, v)| detach(n, v)).collect(),
             body,
             body_omitted,
         }
@@ -100,6 +100,15 @@ impl Captured {
         *response.headers_mut() = self.headers;
         response
     }
+}
+
+/// A copy of a header that owns its bytes. hyper parses headers as slices of its read buffer; a
+/// stored clone would keep that whole buffer (kilobytes) alive for as long as the record is cached.
+fn detach(name: &HeaderName, value: &HeaderValue) -> (HeaderName, HeaderValue) {
+    let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    (name, copy)
 }
 
 /// A duplicate's answer: the stored response, marked as a replay.

@@ -57,9 +57,9 @@ local counter = 0
 local hot_next = 0
 local warm_seen = 0
 
--- wrk passes the script arguments 0-indexed, so walk them with pairs().
+-- wrk passes the script arguments as args[1..n] (args[0] is the URL).
 local function opt(args, name, env, default)
-   for _, a in pairs(args) do
+   for _, a in ipairs(args) do
       local k, v = string.match(a, "^([%w_]+)=(.*)$")
       if k == name then return v end
    end
@@ -146,7 +146,7 @@ end
 function init(args)
    args = args or {}
    mode = opt(args, "mode", "WEBHOOK_MODE", nil)
-   for _, a in pairs(args) do
+   for _, a in ipairs(args) do
       if a == "new" or a == "dup" or a == "mix" or a == "warm" then mode = a end
    end
    mode = mode or "new"

@@ -69,10 +69,12 @@ impl StoredResponse {
         map
     }
 
-    /// Roughly what this response costs in memory, for the cache's byte bound.
+    /// Roughly what this response costs in memory, for the cache's byte bound: the bytes, plus an
+    /// estimate of the allocations around them and the cache's own bookkeeping per entry, so that
+    /// `store.cache.max_bytes` bounds real memory rather than payload alone.
     pub fn weight(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
-        self.body.len() + headers + 64
+        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 48).sum();
+        self.body.len() + headers + 400
     }
 }
 
