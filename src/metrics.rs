@@ -50,14 +50,21 @@ pub struct RouteLabel {
     pub route: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+type OpHistogramFamily = Family<OpLabel, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: HistogramFamily,
     pub upstream_seconds: Histogram,
-    pub store_seconds: Histogram,
+    /// By operation: claim, complete, release, get, delete.
+    pub store_seconds: OpHistogramFamily,
     pub inflight_claims: Gauge,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
@@ -83,7 +90,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let upstream_seconds = latency_histogram();
-        let store_seconds = latency_histogram();
+        let store_seconds: OpHistogramFamily = Family::new_with_constructor(latency_histogram);
         let inflight_claims = Gauge::default();
         let (cache_hits, cache_misses, swept, lost_claims) = Default::default();
         registry.register("idemgate_requests", "Requests on the proxy listener by route and outcome", requests.clone());
@@ -99,7 +106,7 @@ impl Metrics {
         );
         registry.register(
             "idemgate_store_duration_seconds",
-            "Time each store operation took, queueing included",
+            "Time each store operation took, queueing and syncing included, by operation",
             store_seconds.clone(),
         );
         registry.register(

@@ -14,6 +14,7 @@ pub use record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, Stored
 pub use sqlite::SqliteStore;
 pub use sweep::spawn_sweeper;
 
+use crate::metrics::OpLabel;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ impl Records {
         }
         self.metrics.cache_misses.inc();
         let id = claim.id.clone();
-        let outcome = self.timed(self.backend.claim(claim)).await?;
+        let outcome = self.timed("claim", self.backend.claim(claim)).await?;
         if let ClaimOutcome::Completed(done) = &outcome {
             self.cache.insert(&id, done.clone());
         }
@@ -82,7 +83,7 @@ impl Records {
 
     pub async fn complete(&self, id: &RecordId, token: u64, completed: Completed) -> Result<bool, StoreError> {
         let done = Arc::new(completed);
-        let stored = self.timed(self.backend.complete(id.clone(), token, (*done).clone())).await?;
+        let stored = self.timed("complete", self.backend.complete(id.clone(), token, (*done).clone())).await?;
         if stored {
             self.cache.insert(id, done);
         }
@@ -90,23 +91,23 @@ impl Records {
     }
 
     pub async fn release(&self, id: &RecordId, token: u64) -> Result<(), StoreError> {
-        self.timed(self.backend.release(id.clone(), token)).await
+        self.timed("release", self.backend.release(id.clone(), token)).await
     }
 
     pub async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        self.timed(self.backend.get(id.clone())).await
+        self.timed("get", self.backend.get(id.clone())).await
     }
 
     pub async fn delete(&self, id: &RecordId) -> Result<bool, StoreError> {
-        let deleted = self.timed(self.backend.delete(id.clone())).await?;
+        let deleted = self.timed("delete", self.backend.delete(id.clone())).await?;
         self.cache.remove(id);
         Ok(deleted)
     }
 
-    async fn timed<T>(&self, op: StoreFuture<T>) -> Result<T, StoreError> {
+    async fn timed<T>(&self, name: &'static str, op: StoreFuture<T>) -> Result<T, StoreError> {
         let start = Instant::now();
         let result = op.await;
-        self.metrics.store_seconds.observe(start.elapsed().as_secs_f64());
+        self.metrics.store_seconds.get_or_create(&OpLabel { op: name }).observe(start.elapsed().as_secs_f64());
         result
     }
 }
