@@ -69,12 +69,15 @@ impl StoredResponse {
         map
     }
 
-    /// Roughly what this response costs in memory, for the cache's byte bound: the bytes, plus an
-    /// estimate of the allocations around them and the cache's own bookkeeping per entry, so that
-    /// `store.cache.max_bytes` bounds real memory rather than payload alone.
+    /// What this response costs in memory, for the cache's byte bound: the bytes, plus the
+    /// allocations around them and the cache's own bookkeeping, so that `store.cache.max_bytes`
+    /// bounds real memory rather than payload alone. bench/scale measured about 1,170 bytes of
+    /// RSS per cached record whose body and headers take about 150.
     pub fn weight(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 48).sum();
-        self.body.len() + headers + 400
+        const PER_HEADER: usize = 64;
+        const PER_ENTRY: usize = 1024;
+        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER).sum();
+        self.body.len() + headers + PER_ENTRY
     }
 }
 
