@@ -24,6 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 
 const SCHEMA_VERSION: i64 = 1;
 const MAX_BATCH: usize = 256;
+/// At most one background checkpoint this often.
+const CHECKPOINT_PACE: Duration = Duration::from_millis(100);
+/// Past this many WAL pages (about 40 MiB) the writer checkpoints at commit after all, so the
+/// WAL stays bounded if the background checkpointer cannot keep up.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 const QUEUE_DEPTH: usize = 4096;
 /// How long a statement waits for a lock held by another process before the store counts as
 /// unavailable (503) rather than slow.
@@ -106,10 +111,11 @@ impl SqliteStore {
         // The connection keeps the WAL file open (and so in place) for as long as the store runs.
         let wal_path = format!("{}-wal", path.display());
         let wal = std::fs::File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("{wal_path}: {e}")))?;
+        let checkpoints = Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = std::thread::Builder::new()
             .name("idemgate-sqlite".into())
-            .spawn(move || run_writer(conn, wal, rx))
+            .spawn(move || run_writer(conn, wal, checkpoints, rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore { jobs, writer: Arc::new(std::sync::Mutex::new(Some(writer))) })
     }
@@ -137,6 +143,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // NORMAL: a commit writes the WAL without syncing it; the syncer thread syncs it before any
     // completion is answered (see the module docs). Checkpoints still sync as they always do.
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")?;
+    conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES};"))?;
     migrate(&conn)?;
     Ok(conn)
 }
@@ -154,9 +161,16 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn run_writer(mut conn: Connection, wal: std::fs::File, mut rx: mpsc::Receiver<Job>) {
+fn run_writer(mut conn: Connection, wal: std::fs::File, checkpoints: Connection, mut rx: mpsc::Receiver<Job>) {
     let (synced, pending) = std::sync::mpsc::channel();
     let syncer = std::thread::Builder::new().name("idemgate-sync".into()).spawn(move || run_syncer(&wal, pending));
+    let (wrote, written) = std::sync::mpsc::sync_channel(1);
+    let checkpointer =
+        std::thread::Builder::new().name("idemgate-ckpt".into()).spawn(move || run_checkpointer(&checkpoints, written));
+    if checkpointer.is_err() {
+        // Without the thread, SQLite's own checkpoints at commit keep the WAL bounded.
+        let _ = conn.execute_batch("PRAGMA wal_autocheckpoint=1000;");
+    }
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -168,6 +182,8 @@ fn run_writer(mut conn: Connection, wal: std::fs::File, mut rx: mpsc::Receiver<J
         }
         let closing = batch.iter().any(|job| matches!(job.op, Op::Close));
         run_batch(&mut conn, &mut batch, &synced);
+        // A full channel means a checkpoint is already due: the signals coalesce.
+        let _ = wrote.try_send(());
         if closing {
             rx.close();
         }
@@ -175,10 +191,35 @@ fn run_writer(mut conn: Connection, wal: std::fs::File, mut rx: mpsc::Receiver<J
     // The queue is closed and drained; once the last completions are synced, checkpoint so the
     // WAL does not outlive a clean stop.
     drop(synced);
-    if let Ok(syncer) = syncer {
-        let _ = syncer.join();
+    drop(wrote);
+    for thread in [syncer, checkpointer].into_iter().flatten() {
+        let _ = thread.join();
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// Copies committed WAL frames into the database file off the writer thread. A checkpoint run
+/// by the writer at commit (SQLite's default) stalls every queued request while it writes and
+/// syncs the database file; a PASSIVE checkpoint on its own connection waits for no one.
+/// Paced, so that a busy writer does not turn into a continuous stream of database syncs.
+fn run_checkpointer(conn: &Connection, written: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut due = written.recv().is_ok();
+    while due {
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+            tracing::warn!(error = %e, "background checkpoint failed; SQLite will checkpoint at commit");
+        }
+        let next = std::time::Instant::now() + CHECKPOINT_PACE;
+        let mut again = false;
+        loop {
+            match written.recv_timeout(next.saturating_duration_since(std::time::Instant::now())) {
+                Ok(()) => again = true,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        due = again || written.recv().is_ok();
+    }
 }
 
 /// Syncs the WAL for every completion committed before the sync started, then answers them.
