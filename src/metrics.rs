@@ -25,6 +25,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::forwarded,
+        Outcome::replayed,
+        Outcome::conflict,
+        Outcome::mismatch,
+        Outcome::rejected,
+        Outcome::passthrough,
+        Outcome::upstream_error,
+        Outcome::store_error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::forwarded => "forwarded",
@@ -56,6 +67,20 @@ pub struct OpLabel {
 }
 
 type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+/// One route's request counters (by outcome) and latency histogram.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    outcomes: [Counter; Outcome::ALL.len()],
+    seconds: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, outcome: Outcome, seconds: f64) {
+        self.outcomes[outcome as usize].inc();
+        self.seconds.observe(seconds);
+    }
+}
 type OpHistogramFamily = Family<OpLabel, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -136,8 +161,18 @@ impl Metrics {
         }
     }
 
-    pub fn count(&self, route: &str, outcome: Outcome) {
-        self.requests.get_or_create(&RequestLabels { route: route.to_string(), outcome }).inc();
+    /// The route's series, resolved once: the request path then counts without label lookups,
+    /// and every outcome's series exists (at 0) from the start.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let counter = |outcome| self.requests.get_or_create_owned(&RequestLabels { route: route.to_string(), outcome });
+        RouteMetrics {
+            outcomes: Outcome::ALL.map(counter),
+            seconds: self.request_seconds.get_or_create_owned(&RouteLabel { route: route.to_string() }),
+        }
+    }
+
+    pub fn store_op(&self, op: &'static str) -> Histogram {
+        self.store_seconds.get_or_create_owned(&OpLabel { op })
     }
 
     pub fn encode(&self) -> String {

@@ -14,7 +14,7 @@ use crate::decide::{Decision, decide};
 use crate::error::{Body, Problem};
 use crate::fingerprint::Fingerprint;
 use crate::key::{KeyError, RequestView};
-use crate::metrics::{Metrics, Outcome, RouteLabel};
+use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::replay::{self, Captured};
 use crate::route::{Route, RouteMatch, Router};
 use crate::store::{Claim, Completed, RecordId, Records, now_ms};
@@ -37,6 +37,8 @@ pub struct Pipeline {
     upstream: Upstream,
     waiters: Waiters,
     metrics: Arc<Metrics>,
+    /// Per route, by `Route::index`; the last entry is for requests on no route ("-").
+    route_metrics: Vec<RouteMetrics>,
     tokens: Tokens,
 }
 
@@ -51,6 +53,7 @@ struct Claimed {
 /// What the request log line and the metrics say about one request.
 struct Report {
     route: Arc<str>,
+    route_index: Option<usize>,
     key: Option<String>,
     outcome: Outcome,
 }
@@ -59,19 +62,30 @@ type Answer = Result<Response<Body>, Problem>;
 
 impl Pipeline {
     pub fn new(router: Router, records: Records, upstream: Upstream, metrics: Arc<Metrics>) -> Pipeline {
-        Pipeline { router, records, upstream, waiters: Waiters::default(), metrics, tokens: Tokens::default() }
+        let names = router.routes().iter().map(|r| &*r.name).chain(["-"]);
+        let route_metrics = names.map(|name| metrics.route(name)).collect();
+        Pipeline {
+            router,
+            records,
+            upstream,
+            waiters: Waiters::default(),
+            metrics,
+            route_metrics,
+            tokens: Tokens::default(),
+        }
     }
 
     /// Entry point for every request on the proxy listener. Logs one line and counts one outcome.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
-        let mut report = Report { route: "-".into(), key: None, outcome: Outcome::passthrough };
+        let mut report = Report { route: "-".into(), route_index: None, key: None, outcome: Outcome::passthrough };
         let answer = match self.router.route(req.method(), req.uri().path()) {
             Err(e) => Err(Problem::from(e)),
             Ok(RouteMatch::Unmatched) => self.pass_through(req, client).await,
             Ok(RouteMatch::Matched(route)) => {
                 report.route = route.name.clone();
+                report.route_index = Some(route.index);
                 self.clone().protect(route, req, client, &mut report).await
             }
         };
@@ -86,11 +100,8 @@ impl Pipeline {
             }
         };
         let elapsed = start.elapsed();
-        self.metrics.count(&report.route, report.outcome);
-        self.metrics
-            .request_seconds
-            .get_or_create(&RouteLabel { route: report.route.to_string() })
-            .observe(elapsed.as_secs_f64());
+        let unrouted = self.route_metrics.len() - 1;
+        self.route_metrics[report.route_index.unwrap_or(unrouted)].record(report.outcome, elapsed.as_secs_f64());
         tracing::info!(
             route = %report.route,
             key = report.key.as_deref(),
@@ -288,18 +299,28 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Claim tokens: unpredictable, never repeated within a process, so a stale owner cannot
-/// complete or release a claim that another request took over.
-#[derive(Default)]
+/// Claim tokens: never repeated within a process and not guessable from outside, so a stale
+/// owner cannot complete or release a claim that another request took over.
 struct Tokens {
-    seed: std::collections::hash_map::RandomState,
+    seed: u64,
     counter: std::sync::atomic::AtomicU64,
 }
 
-impl Tokens {
-    fn next(&self) -> u64 {
+impl Default for Tokens {
+    fn default() -> Self {
         use std::hash::BuildHasher;
+        let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        Tokens { seed, counter: Default::default() }
+    }
+}
+
+impl Tokens {
+    /// splitmix64 of a counter: a bijection, so distinct counters give distinct tokens.
+    fn next(&self) -> u64 {
         let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.seed.hash_one(n)
+        let mut z = n.wrapping_add(self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
+    /// Position in the route table, for per-route state kept outside the route (metrics).
+    pub index: usize,
     matcher: PathMatch,
     methods: Vec<Method>,
     pub key: KeyExtractor,
@@ -58,6 +60,7 @@ impl Route {
         check_policy(&policy, upstream_timeout)?;
         Ok(Route {
             name: cfg.name.as_str().into(),
+            index: 0,
             matcher,
             methods,
             key,
@@ -197,7 +200,10 @@ impl Router {
         let routes = cfg
             .routes
             .iter()
-            .map(|r| Route::compile(r, &cfg.defaults, cfg.upstream.timeout).map(Arc::new))
+            .enumerate()
+            .map(|(index, r)| {
+                Route::compile(r, &cfg.defaults, cfg.upstream.timeout).map(|r| Arc::new(Route { index, ..r }))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Router::new(routes))
     }

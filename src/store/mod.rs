@@ -14,7 +14,7 @@ pub use record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, Stored
 pub use sqlite::SqliteStore;
 pub use sweep::spawn_sweeper;
 
-use crate::metrics::OpLabel;
+use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -55,11 +55,30 @@ pub struct Records {
     backend: Arc<dyn Store>,
     cache: CompletedCache,
     metrics: Arc<crate::metrics::Metrics>,
+    timings: OpTimings,
+}
+
+/// Each operation's latency histogram, resolved once.
+#[derive(Clone)]
+struct OpTimings {
+    claim: Histogram,
+    complete: Histogram,
+    release: Histogram,
+    get: Histogram,
+    delete: Histogram,
 }
 
 impl Records {
     pub fn new(backend: Arc<dyn Store>, cache: CompletedCache, metrics: Arc<crate::metrics::Metrics>) -> Records {
-        Records { backend, cache, metrics }
+        let op = |name| metrics.store_op(name);
+        let timings = OpTimings {
+            claim: op("claim"),
+            complete: op("complete"),
+            release: op("release"),
+            get: op("get"),
+            delete: op("delete"),
+        };
+        Records { backend, cache, metrics, timings }
     }
 
     pub fn backend(&self) -> &Arc<dyn Store> {
@@ -74,7 +93,7 @@ impl Records {
         }
         self.metrics.cache_misses.inc();
         let id = claim.id.clone();
-        let outcome = self.timed("claim", self.backend.claim(claim)).await?;
+        let outcome = timed(&self.timings.claim, self.backend.claim(claim)).await?;
         if let ClaimOutcome::Completed(done) = &outcome {
             self.cache.insert(&id, done.clone());
         }
@@ -83,7 +102,7 @@ impl Records {
 
     pub async fn complete(&self, id: &RecordId, token: u64, completed: Completed) -> Result<bool, StoreError> {
         let done = Arc::new(completed);
-        let stored = self.timed("complete", self.backend.complete(id.clone(), token, (*done).clone())).await?;
+        let stored = timed(&self.timings.complete, self.backend.complete(id.clone(), token, (*done).clone())).await?;
         if stored {
             self.cache.insert(id, done);
         }
@@ -91,25 +110,25 @@ impl Records {
     }
 
     pub async fn release(&self, id: &RecordId, token: u64) -> Result<(), StoreError> {
-        self.timed("release", self.backend.release(id.clone(), token)).await
+        timed(&self.timings.release, self.backend.release(id.clone(), token)).await
     }
 
     pub async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        self.timed("get", self.backend.get(id.clone())).await
+        timed(&self.timings.get, self.backend.get(id.clone())).await
     }
 
     pub async fn delete(&self, id: &RecordId) -> Result<bool, StoreError> {
-        let deleted = self.timed("delete", self.backend.delete(id.clone())).await?;
+        let deleted = timed(&self.timings.delete, self.backend.delete(id.clone())).await?;
         self.cache.remove(id);
         Ok(deleted)
     }
+}
 
-    async fn timed<T>(&self, name: &'static str, op: StoreFuture<T>) -> Result<T, StoreError> {
-        let start = Instant::now();
-        let result = op.await;
-        self.metrics.store_seconds.get_or_create(&OpLabel { op: name }).observe(start.elapsed().as_secs_f64());
-        result
-    }
+async fn timed<T>(histogram: &Histogram, op: StoreFuture<T>) -> Result<T, StoreError> {
+    let start = Instant::now();
+    let result = op.await;
+    histogram.observe(start.elapsed().as_secs_f64());
+    result
 }
 
 /// Milliseconds since the Unix epoch. Records outlive the process, so their times are wall-clock.

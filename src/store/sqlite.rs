@@ -111,7 +111,8 @@ impl SqliteStore {
         // The connection keeps the WAL file open (and so in place) for as long as the store runs.
         let wal_path = format!("{}-wal", path.display());
         let wal = std::fs::File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("{wal_path}: {e}")))?;
-        let checkpoints = Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let checkpoints =
+            Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = std::thread::Builder::new()
             .name("idemgate-sqlite".into())
@@ -203,22 +204,12 @@ fn run_writer(mut conn: Connection, wal: std::fs::File, checkpoints: Connection,
 /// syncs the database file; a PASSIVE checkpoint on its own connection waits for no one.
 /// Paced, so that a busy writer does not turn into a continuous stream of database syncs.
 fn run_checkpointer(conn: &Connection, written: std::sync::mpsc::Receiver<()>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut due = written.recv().is_ok();
-    while due {
+    while written.recv().is_ok() {
         if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
             tracing::warn!(error = %e, "background checkpoint failed; SQLite will checkpoint at commit");
         }
-        let next = std::time::Instant::now() + CHECKPOINT_PACE;
-        let mut again = false;
-        loop {
-            match written.recv_timeout(next.saturating_duration_since(std::time::Instant::now())) {
-                Ok(()) => again = true,
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-        due = again || written.recv().is_ok();
+        // Not listening meanwhile: the writer's signals wait in the channel without waking us.
+        std::thread::sleep(CHECKPOINT_PACE);
     }
 }
 
