@@ -113,7 +113,7 @@ async fn the_database_is_wal_versioned_and_created_with_its_folder() {
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     drop(conn);
     store.close().await.unwrap();
 
@@ -123,4 +123,43 @@ async fn the_database_is_wal_versioned_and_created_with_its_folder() {
     drop(conn);
     let err = SqliteStore::open(&path).err().expect("refused");
     assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_with_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE records (
+             route TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL, state INTEGER NOT NULL,
+             token INTEGER NOT NULL, fingerprint BLOB, created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+             status INTEGER, headers BLOB, body BLOB, body_omitted INTEGER NOT NULL DEFAULT 0,
+             PRIMARY KEY (route, scope, key)) WITHOUT ROWID;
+         CREATE INDEX records_expiry ON records (expires_ms);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO records VALUES ('r', 's', 'old', 1, 9, NULL, ?1, ?2, 202, CAST('x-a:1\n' AS BLOB), CAST('kept' AS BLOB), 0)",
+        rusqlite::params![now_ms(), now_ms() + 60_000],
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    match store.claim(Claim { fingerprint: None, ..claim("old", 1) }).await.unwrap() {
+        ClaimOutcome::Completed(done) => {
+            assert_eq!(done.response.status, 202);
+            assert_eq!(&done.response.body[..], b"kept");
+            assert_eq!(done.response.headers[0].0, "x-a");
+        }
+        other => panic!("the v1 record must survive the migration, got {other:?}"),
+    }
+    assert!(matches!(store.claim(claim("new", 2)).await.unwrap(), ClaimOutcome::Claimed { .. }));
+    store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
 }

@@ -199,8 +199,8 @@ file_bytes() { # total size of a database file with its WAL
 }
 
 # ------------------------------------------------------------------------- databases
-# The schema exactly as src/store/sqlite.rs creates it (WAL, WITHOUT ROWID, records_expiry,
-# user_version 1), then N completed rows in one transaction. Expired rows (EXPIRED=1) were created
+# The schema exactly as src/store/sqlite.rs creates it (WAL, rowid table, records_key,
+# records_expiry, user_version 2), then N completed rows in one transaction. Expired rows (EXPIRED=1) were created
 # 8 days ago and expired 1 day ago.
 make_db() { # path n expired(0|1)
     local db=$1 n=$2 expired=$3 now created expires
@@ -216,23 +216,24 @@ make_db() { # path n expired(0|1)
     timeout 900 sqlite3 -batch -bail "$db" >/dev/null <<EOF
 PRAGMA journal_mode=WAL;
 BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE records (
+    id           INTEGER PRIMARY KEY,
     route        TEXT    NOT NULL,
     scope        TEXT    NOT NULL,
     key          TEXT    NOT NULL,
-    state        INTEGER NOT NULL,          -- 0 in flight, 1 completed
-    token        INTEGER NOT NULL,          -- the claim that owns the record
+    state        INTEGER NOT NULL,
+    token        INTEGER NOT NULL,
     fingerprint  BLOB,
     created_ms   INTEGER NOT NULL,
-    expires_ms   INTEGER NOT NULL,          -- lease end while in flight, ttl end once completed
+    expires_ms   INTEGER NOT NULL,
     status       INTEGER,
     headers      BLOB,
     body         BLOB,
-    body_omitted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (route, scope, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_ms);
-PRAGMA user_version = 1;
+    body_omitted INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX records_key ON records (route, scope, key);
+CREATE INDEX records_expiry ON records (expires_ms);
+PRAGMA user_version = 2;
 COMMIT;
 PRAGMA synchronous=OFF;
 BEGIN;
@@ -250,7 +251,7 @@ PRAGMA wal_checkpoint(TRUNCATE);
 EOF
     local got
     got=$(sqlite3 -batch "$db" "SELECT count(*) FROM records; PRAGMA user_version; PRAGMA journal_mode;" | tr '\n' ' ')
-    [[ "$got" == "$n 1 wal " ]] || die "database $db: expected '$n 1 wal', got '$got'"
+    [[ "$got" == "$n 2 wal " ]] || die "database $db: expected '$n 2 wal', got '$got'"
 }
 
 declare -A DBN DBBYTES DBFILL

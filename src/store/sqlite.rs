@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const MAX_BATCH: usize = 256;
 /// At most one background checkpoint this often.
 const CHECKPOINT_PACE: Duration = Duration::from_millis(100);
@@ -34,10 +34,14 @@ const QUEUE_DEPTH: usize = 4096;
 /// unavailable (503) rather than slow.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Version 2. Rows live in rowid order, so the records a batch creates, and soon completes,
+/// share the table's last pages; only the small key index is written at random. (Version 1
+/// clustered rows by key, which wrote about four random pages per request.)
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE records (
+    id           INTEGER PRIMARY KEY,       -- insertion order
     route        TEXT    NOT NULL,
-    scope        TEXT    NOT NULL,
+    scope        TEXT    NOT NULL,          -- sha-256 of the scope value, '' on unscoped routes
     key          TEXT    NOT NULL,
     state        INTEGER NOT NULL,          -- 0 in flight, 1 completed
     token        INTEGER NOT NULL,          -- the claim that owns the record
@@ -47,10 +51,21 @@ CREATE TABLE IF NOT EXISTS records (
     status       INTEGER,
     headers      BLOB,
     body         BLOB,
-    body_omitted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (route, scope, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_ms);
+    body_omitted INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX records_key ON records (route, scope, key);
+CREATE INDEX records_expiry ON records (expires_ms);
+";
+
+/// From version 1 (clustered by key) to 2: the same columns, copied into the rowid table.
+const MIGRATE_1_TO_2: &str = "
+DROP INDEX records_expiry;
+ALTER TABLE records RENAME TO records_v1;
+{SCHEMA}
+INSERT INTO records (route, scope, key, state, token, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted)
+    SELECT route, scope, key, state, token, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted
+    FROM records_v1 ORDER BY created_ms;
+DROP TABLE records_v1;
 ";
 
 /// The operations the writer thread performs.
@@ -156,10 +171,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             "database schema version {version} is newer than this idemgate understands ({SCHEMA_VERSION})"
         )));
     }
-    if version < SCHEMA_VERSION {
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))?;
-    }
-    Ok(())
+    let steps = match version {
+        0 => SCHEMA.to_string(),
+        1 => MIGRATE_1_TO_2.replace("{SCHEMA}", SCHEMA),
+        _ => return Ok(()),
+    };
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
 }
 
 fn run_writer(mut conn: Connection, wal: std::fs::File, checkpoints: Connection, mut rx: mpsc::Receiver<Job>) {
@@ -297,8 +314,7 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
         ),
         Op::Sweep(now_ms, limit) => Outcome::Count(
             conn.prepare_cached(
-                "DELETE FROM records WHERE (route, scope, key) IN \
-                 (SELECT route, scope, key FROM records WHERE expires_ms <= ?1 LIMIT ?2)",
+                "DELETE FROM records WHERE id IN (SELECT id FROM records WHERE expires_ms <= ?1 LIMIT ?2)",
             )?
             .execute(params![now_ms, *limit as i64])?,
         ),
