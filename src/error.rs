@@ -42,6 +42,8 @@ pub enum Problem {
     Unauthorized,
     #[error("{0}")]
     BadRequest(String),
+    #[error("protocol upgrades are not accepted on a protected route")]
+    UpgradeRefused,
 }
 
 impl Problem {
@@ -52,6 +54,7 @@ impl Problem {
             | Problem::MissingScope(_)
             | Problem::BodyUnreadable(_)
             | Problem::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Problem::UpgradeRefused => StatusCode::BAD_REQUEST,
             Problem::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::InFlight => StatusCode::CONFLICT,
             Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -80,6 +83,7 @@ impl Problem {
             Problem::NotFound(_) => "not-found",
             Problem::Unauthorized => "unauthorized",
             Problem::BadRequest(_) => "bad-request",
+            Problem::UpgradeRefused => "upgrade-refused",
         }
     }
 
@@ -99,6 +103,7 @@ impl Problem {
             Problem::NotFound(_) => "Not found",
             Problem::Unauthorized => "Unauthorized",
             Problem::BadRequest(_) => "Bad request",
+            Problem::UpgradeRefused => "Upgrade refused",
         }
     }
 

@@ -122,6 +122,10 @@ impl Pipeline {
         client: SocketAddr,
         report: &mut Report,
     ) -> Answer {
+        // A tunnel would carry requests idemgate never sees, past the route's protection.
+        if req.headers().contains_key(header::UPGRADE) || req.method() == http::Method::CONNECT {
+            return Err(Problem::UpgradeRefused);
+        }
         let (parts, body) = req.into_parts();
         let body = read_body(&parts, body, route.policy.max_body.0).await?;
         let Some(id) = identify(&route, &parts, &body)? else {
@@ -189,16 +193,17 @@ impl Pipeline {
     async fn forward_and_capture(
         &self,
         claimed: &Claimed,
-        mut parts: Parts,
+        parts: Parts,
         body: Bytes,
         client: SocketAddr,
     ) -> Result<Captured, Problem> {
         let route = &claimed.route;
-        // Validated as visible ASCII in `identify`, so always a valid header value.
-        let key = HeaderValue::from_str(&claimed.id.key).map_err(|_| KeyError::NotVisible("key".into()))?;
-        parts.headers.insert(route.forward_key_header.clone(), key);
         let mut req = Request::from_parts(parts, replay::full(body));
         self.upstream.prepare(&mut req, client)?;
+        // After `prepare` has removed hop-by-hop headers: a client's `Connection: x-idempotency-key`
+        // must not strip the key the app relies on. Visible ASCII (checked in `identify`), so valid.
+        let key = HeaderValue::from_str(&claimed.id.key).map_err(|_| KeyError::NotVisible("key".into()))?;
+        req.headers_mut().insert(route.forward_key_header.clone(), key);
         let start = Instant::now();
         let deadline = start + self.upstream.timeout;
         let response = self.upstream.send(req, deadline).await;

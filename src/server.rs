@@ -29,6 +29,8 @@ use tokio::task::JoinHandle;
 
 /// How often expired records are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// The largest request head accepted (nginx's default allows 4 x 8 KiB lines; 64 KiB in all).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Admin requests in flight at shutdown get this long; they are all short.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -165,6 +167,8 @@ where
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
+            // The request head must fit in this; a larger one gets 431.
+            .max_header_size(MAX_HEAD_BYTES)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

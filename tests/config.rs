@@ -83,6 +83,7 @@ fn invalid_configs_exit_2_naming_the_field() {
             "all: needs at least two sources",
         ),
         ("upstream: { url: http://x:1 }\ndefaults: { concurrent: maybe }\n", "maybe"),
+        ("upstream: { url: http://x:1 }\nadmin: { listen: 0.0.0.0:9090 }\n", "admin.listen"),
     ];
     for (yaml, expected) in cases {
         let (code, text) = check_yaml(yaml, &[]);

@@ -313,6 +313,12 @@ impl Config {
         if self.admin.token.as_deref() == Some("") {
             return Err(invalid("admin.token", "must not be empty (omit it to disable)"));
         }
+        if self.admin.token.is_none() && !self.admin.listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin.listen",
+                format!("{} is not a loopback address: set admin.token, or listen on 127.0.0.1", self.admin.listen),
+            ));
+        }
         if self.store.sqlite.path.as_os_str().is_empty() {
             return Err(invalid("store.sqlite.path", "must not be empty"));
         }
