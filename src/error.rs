@@ -44,6 +44,8 @@ pub enum Problem {
     BadRequest(String),
     #[error("protocol upgrades are not accepted on a protected route")]
     UpgradeRefused,
+    #[error("the signature could not be verified: {0}")]
+    Unverified(#[from] crate::verify::VerifyError),
 }
 
 impl Problem {
@@ -62,7 +64,7 @@ impl Problem {
             Problem::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Problem::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Problem::NotFound(_) => StatusCode::NOT_FOUND,
-            Problem::Unauthorized => StatusCode::UNAUTHORIZED,
+            Problem::Unauthorized | Problem::Unverified(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -84,6 +86,7 @@ impl Problem {
             Problem::Unauthorized => "unauthorized",
             Problem::BadRequest(_) => "bad-request",
             Problem::UpgradeRefused => "upgrade-refused",
+            Problem::Unverified(_) => "signature-invalid",
         }
     }
 
@@ -104,6 +107,7 @@ impl Problem {
             Problem::Unauthorized => "Unauthorized",
             Problem::BadRequest(_) => "Bad request",
             Problem::UpgradeRefused => "Upgrade refused",
+            Problem::Unverified(_) => "Invalid signature",
         }
     }
 
@@ -114,6 +118,7 @@ impl Problem {
             Problem::Mismatch => Outcome::mismatch,
             Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) => Outcome::upstream_error,
             Problem::Store(_) => Outcome::store_error,
+            Problem::Unverified(_) => Outcome::unverified,
             _ => Outcome::rejected,
         }
     }

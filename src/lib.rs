@@ -10,6 +10,7 @@
 //! | stage | where | what |
 //! |---|---|---|
 //! | route | [`route`] | normalize the path, first matching route wins |
+//! | verify | [`verify`] | the provider's signature, before anything is claimed (401 if wrong) |
 //! | identify | [`key`] | the idempotency key and scope from header, JSON, query or form |
 //! | fingerprint | [`fingerprint`] | a digest of the payload, to refuse reuse with another payload |
 //! | claim | [`pipeline`], [`decide`], [`store`] | cache, then one atomic store claim; replay, 409/wait, 422 or forward |
@@ -19,7 +20,7 @@
 //! | respond | [`replay`], [`error`] | the app's response, a replay, or problem+json |
 //!
 //! # Modules
-//! [`config`] parses and validates the YAML; [`server`] owns listeners, limits and the drain;
+//! [`preset`] holds what each provider's route needs; [`config`] parses and validates the YAML; [`server`] owns listeners, limits and the drain;
 //! [`admin`] serves health, readiness, metrics and key administration; [`metrics`] and
 //! [`telemetry`] say what happened.
 
@@ -32,10 +33,12 @@ pub mod json;
 pub mod key;
 pub mod metrics;
 pub mod pipeline;
+pub mod preset;
 pub mod replay;
 pub mod route;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod verify;
 pub mod waiters;

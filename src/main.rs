@@ -56,6 +56,9 @@ fn check(path: &std::path::Path) -> ExitCode {
             for route in router.routes() {
                 println!("  {}", route.describe());
             }
+            for warning in router.routes().iter().flat_map(|r| r.warnings()) {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => invalid(&config::ConfigError(e)),

@@ -22,10 +22,12 @@ pub enum Outcome {
     passthrough,
     upstream_error,
     store_error,
+    /// Refused by signature verification (401): claimed nothing, never reached the app.
+    unverified,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::forwarded,
         Outcome::replayed,
         Outcome::conflict,
@@ -34,6 +36,7 @@ impl Outcome {
         Outcome::passthrough,
         Outcome::upstream_error,
         Outcome::store_error,
+        Outcome::unverified,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Outcome {
             Outcome::passthrough => "passthrough",
             Outcome::upstream_error => "upstream_error",
             Outcome::store_error => "store_error",
+            Outcome::unverified => "unverified",
         }
     }
 }

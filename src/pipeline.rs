@@ -1,10 +1,10 @@
 //! The request's journey, one named call per stage:
 //!
 //! ```text
-//! route ─► read body ─► identify ─► fingerprint ─► claim ─┬─ replay ───────────────────► respond
-//!                                                         ├─ mismatch / in flight (409) ► respond
-//!                                                         ├─ wait (concurrent: wait) ──► claim again
-//!                                                         └─ forward ─► capture ─► commit ─► respond
+//! route ─► read body ─► verify ─► identify ─► fingerprint ─► claim ─┬─ replay ──────────────────► respond
+//!                                                                   ├─ mismatch (422) / 409 ───► respond
+//!                                                                   ├─ wait (concurrent: wait) ► claim again
+//!                                                                   └─ forward ─► capture ─► commit ─► respond
 //! ```
 //!
 //! Unmatched requests skip everything after `route` and are streamed to the app untouched.
@@ -19,6 +19,7 @@ use crate::replay::{self, Captured};
 use crate::route::{Route, RouteMatch, Router};
 use crate::store::{Claim, Completed, RecordId, Records, now_ms};
 use crate::upstream::Upstream;
+use crate::verify::SignedRequest;
 use crate::waiters::Waiters;
 use bytes::Bytes;
 use http::request::Parts;
@@ -128,6 +129,7 @@ impl Pipeline {
         }
         let (parts, body) = req.into_parts();
         let body = read_body(&parts, body, route.policy.max_body.0).await?;
+        verify(&route, &parts, &body)?;
         let Some(id) = identify(&route, &parts, &body)? else {
             report.outcome = Outcome::passthrough;
             return self.forward_unprotected(parts, body, client).await;
@@ -269,6 +271,15 @@ async fn read_body(parts: &Parts, body: Incoming, limit: u64) -> Result<Bytes, P
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::BodyTooLarge(limit)),
         Err(e) => Err(Problem::BodyUnreadable(e.to_string())),
     }
+}
+
+/// Stage `verify`: a request that does not carry its provider's signature claims nothing, so a
+/// forged delivery cannot occupy the key of a real one.
+fn verify(route: &Route, parts: &Parts, body: &Bytes) -> Result<(), Problem> {
+    let Some(verifier) = &route.verifier else { return Ok(()) };
+    let now_unix = now_ms() / 1000;
+    let req = SignedRequest { method: &parts.method, uri: &parts.uri, headers: &parts.headers, body, now_unix };
+    Ok(verifier.verify(&req)?)
 }
 
 /// Stage `identify`: the key and the scope. `None` when the key is missing and the route

@@ -7,6 +7,8 @@
 use crate::config::{Concurrent, Dur, Policy, RouteConfig, RouteOptions, StatusPattern};
 use crate::fingerprint::Fingerprinter;
 use crate::key::KeyExtractor;
+use crate::preset::Preset;
+use crate::verify::Verifier;
 use http::{Method, StatusCode};
 use std::sync::Arc;
 
@@ -21,6 +23,10 @@ pub struct Route {
     pub key: KeyExtractor,
     pub scope: Option<KeyExtractor>,
     pub fingerprint: Fingerprinter,
+    /// Checks the provider's signature before anything is claimed.
+    pub verifier: Option<Verifier>,
+    /// The preset's documented retry window, for `check`'s warning about a shorter ttl.
+    retry_window: Option<std::time::Duration>,
     pub store_status: StatusSet,
     pub forward_key_header: http::HeaderName,
     pub policy: Policy,
@@ -35,7 +41,10 @@ enum PathMatch {
 impl Route {
     /// Builds a route from its config; the error says which field is wrong and why.
     pub fn compile(cfg: &RouteConfig, defaults: &RouteOptions, upstream_timeout: Dur) -> Result<Route, String> {
-        let policy = Policy::resolve(defaults, cfg);
+        let preset = cfg.preset.map(Preset::defaults);
+        // Precedence: the route's own field, then the preset, then `defaults:`, then built-ins.
+        let ttl = cfg.ttl.or(preset.as_ref().map(|p| p.ttl));
+        let policy = Policy::resolve(defaults, &RouteConfig { ttl, ..cfg.clone() });
         let matcher = match (&cfg.matcher.path, &cfg.matcher.path_prefix) {
             (Some(p), None) => PathMatch::Exact(config_path(p, "match.path")?),
             (None, Some(p)) => PathMatch::Prefix(config_path(p, "match.path_prefix")?),
@@ -50,9 +59,16 @@ impl Route {
                     .map_err(|_| format!("match.methods: {m:?} is not an HTTP method"))
             })
             .collect::<Result<_, _>>()?;
-        let key_spec = cfg.key.as_ref().ok_or("key: is required (e.g. key: { header: Idempotency-Key })")?;
+        let key_spec = cfg
+            .key
+            .as_ref()
+            .or(preset.as_ref().map(|p| &p.key))
+            .ok_or("key: is required (e.g. key: { header: Idempotency-Key }), or a preset")?;
         let key = KeyExtractor::compile(key_spec).map_err(|e| format!("key: {e}"))?;
-        let scope = cfg.scope.as_ref().map(KeyExtractor::compile).transpose().map_err(|e| format!("scope: {e}"))?;
+        let scope_spec = cfg.scope.as_ref().or(preset.as_ref().and_then(|p| p.scope.as_ref()));
+        let scope = scope_spec.map(KeyExtractor::compile).transpose().map_err(|e| format!("scope: {e}"))?;
+        let verifier =
+            cfg.verify.as_ref().map(|v| Verifier::compile(v, preset.as_ref().map(|p| &p.scheme))).transpose()?;
         let fingerprint = Fingerprinter::compile(&policy.fingerprint).map_err(|e| format!("fingerprint: {e}"))?;
         let store_status = StatusSet::parse(&policy.store_status).map_err(|e| format!("store_status: {e}"))?;
         let forward_key_header = http::HeaderName::from_bytes(policy.forward_key_header.as_bytes())
@@ -66,6 +82,8 @@ impl Route {
             key,
             scope,
             fingerprint,
+            verifier,
+            retry_window: preset.as_ref().map(|p| p.retry_window),
             store_status,
             forward_key_header,
             policy,
@@ -78,6 +96,20 @@ impl Route {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
         };
         path_ok && (self.methods.is_empty() || self.methods.contains(method))
+    }
+
+    /// What `check` should warn about: a ttl shorter than the provider's retry window lets a late
+    /// retry through as a first delivery.
+    pub fn warnings(&self) -> Vec<String> {
+        match self.retry_window {
+            Some(window) if self.policy.ttl.0 < window => vec![format!(
+                "route {}: ttl {} is shorter than the provider's retry window ({}); late retries will be forwarded again",
+                self.name,
+                self.policy.ttl,
+                Dur(window)
+            )],
+            _ => Vec::new(),
+        }
     }
 
     /// What `check` prints for this route.
@@ -97,7 +129,8 @@ impl Route {
              store_status {status:?}, max_body {mb}, max_response_body {mrb}, missing_key {mk:?}, fingerprint {fp:?}",
             name = self.name,
             key = self.key.describe(),
-            scope = self.scope.as_ref().map(|s| format!(", scope {}", s.describe())).unwrap_or_default(),
+            scope = self.scope.as_ref().map(|s| format!(", scope {}", s.describe())).unwrap_or_default()
+                + &self.verifier.as_ref().map(|v| format!(", verify {}", v.describe())).unwrap_or_default(),
             ttl = p.ttl,
             lease = p.lease,
             conc = p.concurrent,

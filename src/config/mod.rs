@@ -230,8 +230,12 @@ macro_rules! policy_fields {
             pub name: String,
             #[serde(rename = "match")]
             pub matcher: MatchConfig,
+            /// A provider's key, scope, ttl and signature scheme; any field set beside it wins.
+            pub preset: Option<crate::preset::Preset>,
             pub key: Option<KeySpec>,
             pub scope: Option<KeySpec>,
+            /// Signature verification, checked before anything is claimed.
+            pub verify: Option<crate::verify::VerifyConfig>,
             $(pub $field: Option<$ty>,)*
         }
 
