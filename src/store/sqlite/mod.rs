@@ -1,0 +1,181 @@
+//! The embedded store: one SQLite file in WAL mode, written by one thread, synced by another.
+//!
+//! The writer thread owns the only connection. Requests reach it over a bounded queue, so the
+//! async runtime never blocks on disk and a burst waits in line instead of piling up memory.
+//!
+//! Group commit, pipelined: the writer takes every job already waiting (up to `MAX_BATCH`) into
+//! one transaction and commits it to the WAL; a lone job is committed at once, no timer. Claims,
+//! releases and reads are answered right after that commit: they are recorded and survive the
+//! process being killed. Completions are handed to the syncer thread, which `fdatasync`s the WAL
+//! and only then answers them, so a completed record is on disk before its response leaves. One
+//! sync covers every commit made before it started, and while it runs the writer goes on with the
+//! next batch: the disk's sync latency bounds each request's wait, not the proxy's throughput.
+//! (This is `synchronous=FULL`'s guarantee for completions, with the sync moved off the writer.)
+//! Each claim stays atomic: it is one upsert, and jobs run one after another on the one thread.
+
+mod schema;
+mod sql;
+mod writer;
+
+use super::record::{Claim, ClaimOutcome, Completed, Record, RecordId};
+use super::{Store, StoreError, StoreFuture};
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Past this many WAL pages (about 40 MiB) the writer checkpoints at commit after all, so the
+/// WAL stays bounded if the background checkpointer cannot keep up.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+const QUEUE_DEPTH: usize = 4096;
+/// How long a statement waits for a lock held by another process before the store counts as
+/// unavailable (503) rather than slow.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The operations the writer thread performs.
+enum Op {
+    Claim(Claim),
+    Complete(RecordId, u64, Completed),
+    Release(RecordId, u64),
+    Get(RecordId),
+    Delete(RecordId),
+    Sweep(i64, usize),
+    Ping,
+    /// Stop taking jobs; those already queued still run.
+    Close,
+}
+
+enum Outcome {
+    Claim(ClaimOutcome),
+    Flag(bool),
+    Record(Option<Record>),
+    Count(usize),
+    Unit,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+impl Job {
+    /// A completion's answer waits for the WAL to be synced; everything else is answered now.
+    fn answer(self, result: Result<Outcome, StoreError>, syncer: &std::sync::mpsc::Sender<Synced>) {
+        match (&self.op, result) {
+            (Op::Complete(..), Ok(outcome)) => {
+                if let Err(std::sync::mpsc::SendError((reply, _))) = syncer.send((self.reply, outcome)) {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
+            }
+            (_, result) => {
+                let _ = self.reply.send(result);
+            }
+        }
+    }
+}
+
+/// A committed completion waiting for the WAL sync.
+type Synced = (oneshot::Sender<Result<Outcome, StoreError>>, Outcome);
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its folder if missing) and migrates the database.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = open_connection(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        // The connection keeps the WAL file open (and so in place) for as long as the store runs.
+        let wal_path = format!("{}-wal", path.display());
+        let wal = std::fs::File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("{wal_path}: {e}")))?;
+        let checkpoints =
+            Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = std::thread::Builder::new()
+            .name("idemgate-sqlite".into())
+            .spawn(move || writer::run_writer(conn, wal, checkpoints, rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore { jobs, writer: Arc::new(std::sync::Mutex::new(Some(writer))) })
+    }
+
+    fn submit(&self, op: Op) -> StoreFuture<Outcome> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            jobs.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, WAL is required")));
+    }
+    // NORMAL: a commit writes the WAL without syncing it; the syncer thread syncs it before any
+    // completion is answered (see the module docs). Checkpoints still sync as they always do.
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")?;
+    conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES};"))?;
+    schema::migrate(&conn)?;
+    Ok(conn)
+}
+
+macro_rules! expect_outcome {
+    ($fut:expr, $variant:ident) => {{
+        let fut = $fut;
+        Box::pin(async move {
+            match fut.await? {
+                Outcome::$variant(v) => Ok(v),
+                _ => Err(StoreError::Unavailable("the writer answered another operation".into())),
+            }
+        })
+    }};
+}
+
+impl Store for SqliteStore {
+    fn claim(&self, claim: Claim) -> StoreFuture<ClaimOutcome> {
+        expect_outcome!(self.submit(Op::Claim(claim)), Claim)
+    }
+    fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool> {
+        expect_outcome!(self.submit(Op::Complete(id, token, completed)), Flag)
+    }
+    fn release(&self, id: RecordId, token: u64) -> StoreFuture<()> {
+        let fut = self.submit(Op::Release(id, token));
+        Box::pin(async move { fut.await.map(drop) })
+    }
+    fn get(&self, id: RecordId) -> StoreFuture<Option<Record>> {
+        expect_outcome!(self.submit(Op::Get(id)), Record)
+    }
+    fn delete(&self, id: RecordId) -> StoreFuture<bool> {
+        expect_outcome!(self.submit(Op::Delete(id)), Flag)
+    }
+    fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize> {
+        expect_outcome!(self.submit(Op::Sweep(now_ms, batch)), Count)
+    }
+    fn check_writable(&self) -> StoreFuture<()> {
+        let fut = self.submit(Op::Ping);
+        Box::pin(async move { fut.await.map(drop) })
+    }
+    /// Waits for the writer to finish every queued job, checkpoint and close the file.
+    fn close(&self) -> StoreFuture<()> {
+        let closed = self.submit(Op::Close);
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            closed.await?;
+            let handle = writer.lock().map_err(|_| StoreError::Closed)?.take();
+            if let Some(handle) = handle {
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+            Ok(())
+        })
+    }
+}

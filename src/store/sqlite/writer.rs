@@ -1,0 +1,136 @@
+//! The threads behind the store: the writer (group commit), the syncer (WAL fdatasync before
+//! completions are answered) and the checkpointer (WAL pages into the database file).
+
+use super::sql::apply;
+use super::{Job, Op, Outcome, Synced};
+use crate::store::StoreError;
+use rusqlite::Connection;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const MAX_BATCH: usize = 256;
+/// At most one background checkpoint this often.
+const CHECKPOINT_PACE: Duration = Duration::from_millis(100);
+
+pub(super) fn run_writer(
+    mut conn: Connection,
+    wal: std::fs::File,
+    checkpoints: Connection,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    let (synced, pending) = std::sync::mpsc::channel();
+    let syncer = std::thread::Builder::new().name("idemgate-sync".into()).spawn(move || run_syncer(&wal, pending));
+    let (wrote, written) = std::sync::mpsc::sync_channel(1);
+    let checkpointer =
+        std::thread::Builder::new().name("idemgate-ckpt".into()).spawn(move || run_checkpointer(&checkpoints, written));
+    if checkpointer.is_err() {
+        // Without the thread, SQLite's own checkpoints at commit keep the WAL bounded.
+        let _ = conn.execute_batch("PRAGMA wal_autocheckpoint=1000;");
+    }
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let closing = batch.iter().any(|job| matches!(job.op, Op::Close));
+        run_batch(&mut conn, &mut batch, &synced);
+        // A full channel means a checkpoint is already due: the signals coalesce.
+        let _ = wrote.try_send(());
+        if closing {
+            rx.close();
+        }
+    }
+    // The queue is closed and drained; once the last completions are synced, checkpoint so the
+    // WAL does not outlive a clean stop.
+    drop(synced);
+    drop(wrote);
+    for thread in [syncer, checkpointer].into_iter().flatten() {
+        let _ = thread.join();
+    }
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// Copies committed WAL frames into the database file off the writer thread. A checkpoint run
+/// by the writer at commit (SQLite's default) stalls every queued request while it writes and
+/// syncs the database file; a PASSIVE checkpoint on its own connection waits for no one.
+/// Paced, so that a busy writer does not turn into a continuous stream of database syncs.
+fn run_checkpointer(conn: &Connection, written: std::sync::mpsc::Receiver<()>) {
+    while written.recv().is_ok() {
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+            tracing::warn!(error = %e, "background checkpoint failed; SQLite will checkpoint at commit");
+        }
+        // Not listening meanwhile: the writer's signals wait in the channel without waking us.
+        std::thread::sleep(CHECKPOINT_PACE);
+    }
+}
+
+/// Syncs the WAL for every completion committed before the sync started, then answers them.
+/// If the thread could not be started, completions are answered with an error: never unsynced.
+fn run_syncer(wal: &std::fs::File, pending: std::sync::mpsc::Receiver<Synced>) {
+    while let Ok(first) = pending.recv() {
+        let mut group = vec![first];
+        group.extend(pending.try_iter());
+        let result = wal.sync_data().map_err(|e| StoreError::Unavailable(format!("syncing the WAL: {e}")));
+        for (reply, outcome) in group {
+            let _ = reply.send(result.clone().map(|()| outcome));
+        }
+    }
+}
+
+/// Runs the batch in one transaction. If a job fails for a reason of its own, the transaction is
+/// rolled back and each job runs in a transaction of its own, so that one bad job cannot fail its
+/// neighbours. A store-wide failure (locked too long, disk full, I/O) fails the whole batch at
+/// once: retrying each job would only hold every caller for another lock timeout.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, synced: &std::sync::mpsc::Sender<Synced>) {
+    match apply_all(conn, batch) {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.drain(..).zip(outcomes) {
+                job.answer(Ok(outcome), synced);
+            }
+        }
+        Err(e) if batch.len() > 1 && !store_wide(&e) => {
+            for job in batch.drain(..) {
+                let result = apply_all(conn, std::slice::from_ref(&job)).map(|mut v| v.remove(0));
+                job.answer(result.map_err(unavailable), synced);
+            }
+        }
+        Err(e) => {
+            let e = unavailable(e);
+            for job in batch.drain(..) {
+                job.answer(Err(e.clone()), synced);
+            }
+        }
+    }
+}
+
+fn store_wide(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | DatabaseCorrupt
+                | NotADatabase
+                | ReadOnly
+                | CannotOpen
+        )
+    )
+}
+
+fn apply_all(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Outcome>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let outcomes = jobs.iter().map(|job| apply(&tx, &job.op)).collect::<Result<Vec<_>, _>>()?;
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
