@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{HEADER_ROUTE, TestApp, TestProxy};
+use common::{HEADER_ROUTE, TestApp, TestProxy, spawn_post};
 use std::sync::Arc;
 
 const WAIT_ROUTE: &str = "defaults: { concurrent: wait, wait_timeout: 10s }
@@ -49,12 +49,7 @@ async fn fifty_concurrent_deliveries_in_wait_mode_all_get_the_one_response() {
     let app = TestApp::start().await;
     let proxy = Arc::new(TestProxy::start(&app, WAIT_ROUTE).await);
     app.hold("storm");
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let proxy = proxy.clone();
-            tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "storm")], "{}").await })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..50).map(|_| spawn_post(&proxy, &[("idempotency-key", "storm")], "{}")).collect();
     assert_eq!(app.arrival().await, "storm");
     assert!(claims_attempted(&proxy, 50).await, "all 50 reached the claim while the first was held");
     app.release("storm");
@@ -74,10 +69,7 @@ async fn a_key_in_flight_gets_409_with_retry_after() {
     let app = TestApp::start().await;
     let proxy = Arc::new(TestProxy::start(&app, HEADER_ROUTE).await);
     app.hold("busy");
-    let first = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "busy")], "{}").await })
-    };
+    let first = spawn_post(&proxy, &[("idempotency-key", "busy")], "{}");
     app.arrival().await;
     let dup = proxy.post("/hooks/a", &[("idempotency-key", "busy")], "{}").await;
     assert_eq!(dup.assert_problem(409), "urn:idemgate:problem:key-in-flight");
@@ -94,15 +86,9 @@ async fn a_waiter_gets_the_stored_response_once_the_first_completes() {
     let app = TestApp::start().await;
     let proxy = Arc::new(TestProxy::start(&app, WAIT_ROUTE).await);
     app.hold("w");
-    let first = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "w")], "{}").await })
-    };
+    let first = spawn_post(&proxy, &[("idempotency-key", "w")], "{}");
     app.arrival().await;
-    let waiter = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "w")], "{}").await })
-    };
+    let waiter = spawn_post(&proxy, &[("idempotency-key", "w")], "{}");
     assert!(claims_attempted(&proxy, 2).await);
     app.release("w");
     let (first, waiter) = (first.await.unwrap(), waiter.await.unwrap());
@@ -117,18 +103,9 @@ async fn when_the_first_releases_the_key_exactly_one_waiter_is_forwarded() {
     let app = TestApp::start().await;
     let proxy = Arc::new(TestProxy::start(&app, WAIT_ROUTE).await);
     app.hold("r");
-    let first = {
-        let proxy = proxy.clone();
-        let headers = [("idempotency-key", "r"), ("x-test-status", "503")];
-        tokio::spawn(async move { proxy.post("/hooks/a", &headers, "{}").await })
-    };
+    let first = spawn_post(&proxy, &[("idempotency-key", "r"), ("x-test-status", "503")], "{}");
     assert_eq!(app.arrival().await, "r");
-    let waiters: Vec<_> = (0..5)
-        .map(|_| {
-            let proxy = proxy.clone();
-            tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "r")], "{}").await })
-        })
-        .collect();
+    let waiters: Vec<_> = (0..5).map(|_| spawn_post(&proxy, &[("idempotency-key", "r")], "{}")).collect();
     // Let the first answer 503 only after the waiters found the key in flight.
     assert!(claims_attempted(&proxy, 6).await);
     app.release("r");
@@ -154,10 +131,7 @@ routes:
 ";
     let proxy = Arc::new(TestProxy::start(&app, routes).await);
     app.hold("slow");
-    let first = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "slow")], "{}").await })
-    };
+    let first = spawn_post(&proxy, &[("idempotency-key", "slow")], "{}");
     app.arrival().await;
     let waiter = proxy.post("/hooks/a", &[("idempotency-key", "slow")], "{}").await;
     waiter.assert_problem(409);
@@ -177,10 +151,7 @@ async fn a_different_payload_while_in_flight_gets_422() {
 ";
     let proxy = Arc::new(TestProxy::start(&app, routes).await);
     app.hold("fp");
-    let first = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "fp")], "one").await })
-    };
+    let first = spawn_post(&proxy, &[("idempotency-key", "fp")], "one");
     app.arrival().await;
     proxy.post("/hooks/a", &[("idempotency-key", "fp")], "two").await.assert_problem(422);
     proxy.post("/hooks/a", &[("idempotency-key", "fp")], "one").await.assert_problem(409);
@@ -193,10 +164,7 @@ async fn a_client_that_disconnects_mid_flight_still_gets_its_key_completed() {
     let app = TestApp::start().await;
     let proxy = Arc::new(TestProxy::start(&app, HEADER_ROUTE).await);
     app.hold("gone");
-    let first = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "gone")], "{}").await })
-    };
+    let first = spawn_post(&proxy, &[("idempotency-key", "gone")], "{}");
     app.arrival().await;
     first.abort();
     let _ = first.await;

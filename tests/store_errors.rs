@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{HEADER_ROUTE, TestApp, TestProxy};
+use common::{HEADER_ROUTE, TestApp, TestProxy, spawn_post};
 use std::sync::Arc;
 
 fn lock_database(path: &std::path::Path) -> rusqlite::Connection {
@@ -48,10 +48,7 @@ async fn a_response_that_cannot_be_stored_is_not_released_to_the_client() {
     let app = TestApp::start().await;
     let proxy = Arc::new(TestProxy::start(&app, HEADER_ROUTE).await);
     app.hold("k");
-    let first = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.post("/hooks/a", &[("idempotency-key", "k")], "{}").await })
-    };
+    let first = spawn_post(&proxy, &[("idempotency-key", "k")], "{}");
     app.arrival().await;
     let lock = lock_database(&proxy.db_path);
     app.release("k");

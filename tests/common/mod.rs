@@ -304,6 +304,18 @@ impl TestProxy {
     }
 }
 
+/// POSTs `body` to `/hooks/a` on a task of its own, for a request that must stay in flight while
+/// the test goes on. `headers` are (name, value) pairs; `Idempotency-Key` is one of them or not.
+pub fn spawn_post(proxy: &Arc<TestProxy>, headers: &[(&str, &str)], body: &str) -> tokio::task::JoinHandle<Reply> {
+    let proxy = proxy.clone();
+    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let body = body.to_string();
+    tokio::spawn(async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        proxy.post("/hooks/a", &headers, &body).await
+    })
+}
+
 /// The usual single route keyed by the `Idempotency-Key` header.
 pub const HEADER_ROUTE: &str = "routes:
   - name: hooks
