@@ -49,7 +49,12 @@ fn check(path: &std::path::Path) -> ExitCode {
         cfg.admin.listen,
         cfg.upstream.url.as_deref().unwrap_or("-")
     );
-    println!("store sqlite {}, cache {}", cfg.store.sqlite.path.display(), cfg.store.cache.max_bytes);
+    let store = match cfg.store.backend() {
+        config::Backend::Sqlite(sqlite) => format!("sqlite {}", sqlite.path.display()),
+        config::Backend::Postgres(_) => "postgres (url not shown)".to_string(),
+        config::Backend::Redis(_) => "redis (url not shown)".to_string(),
+    };
+    println!("store {store}, cache {}", cfg.store.cache.max_bytes);
     match idemgate::route::Router::from_config(&cfg) {
         Ok(router) => {
             println!("routes (first match wins):");

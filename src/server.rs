@@ -5,12 +5,13 @@
 //! `server.shutdown_grace`), then closes the store so every queued write is on disk.
 
 use crate::admin::Admin;
+use crate::config::Backend;
 use crate::config::Config;
 use crate::error::Body;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::route::Router;
-use crate::store::{CompletedCache, Records, SqliteStore, Store, spawn_sweeper};
+use crate::store::{CompletedCache, PostgresStore, Records, RedisStore, SqliteStore, Store, spawn_sweeper};
 use crate::upstream::Upstream;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -64,7 +65,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let router = Router::from_config(&config).map_err(StartError::Config)?;
     let upstream = Upstream::new(&config.upstream).map_err(StartError::Config)?;
-    let backend: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.sqlite.path)?);
+    let backend = open_store(&config.store).await?;
     let records = Records::new(backend.clone(), CompletedCache::new(config.store.cache.max_bytes.0), metrics.clone());
     let pipeline = Arc::new(Pipeline::new(router, records, upstream, metrics.clone()));
     let admin = Arc::new(Admin::new(pipeline.clone(), metrics.clone(), config.admin.token.clone()));
@@ -120,6 +121,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     tracing::info!(listen = %proxy_addr, admin = %admin_addr, "listening");
     Ok(Running { proxy_addr, admin_addr, stop, task })
+}
+
+/// Opens the configured backend. A shared store that cannot be reached at start is an error:
+/// a proxy that cannot claim would answer every protected request 503.
+async fn open_store(cfg: &crate::config::StoreConfig) -> Result<Arc<dyn Store>, StartError> {
+    Ok(match cfg.backend() {
+        Backend::Sqlite(sqlite) => Arc::new(SqliteStore::open(&sqlite.path)?),
+        Backend::Postgres(pg) => Arc::new(PostgresStore::open(pg).await?),
+        Backend::Redis(redis) => Arc::new(RedisStore::open(redis).await?),
+    })
 }
 
 #[derive(Clone)]

@@ -117,11 +117,72 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// Where records live. One backend: SQLite (the default, one pod), or PostgreSQL or Redis shared
+/// by several replicas.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    pub sqlite: SqliteConfig,
+    pub sqlite: Option<SqliteConfig>,
+    pub postgres: Option<PostgresConfig>,
+    pub redis: Option<RedisConfig>,
     pub cache: CacheConfig,
+}
+
+/// The backend a config selects.
+pub enum Backend<'a> {
+    Sqlite(std::borrow::Cow<'a, SqliteConfig>),
+    Postgres(&'a PostgresConfig),
+    Redis(&'a RedisConfig),
+}
+
+impl StoreConfig {
+    pub fn backend(&self) -> Backend<'_> {
+        match (&self.postgres, &self.redis, &self.sqlite) {
+            (Some(pg), _, _) => Backend::Postgres(pg),
+            (None, Some(redis), _) => Backend::Redis(redis),
+            (None, None, Some(sqlite)) => Backend::Sqlite(std::borrow::Cow::Borrowed(sqlite)),
+            (None, None, None) => Backend::Sqlite(std::borrow::Cow::Owned(SqliteConfig::default())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:pass@host:port/db` (or key=value form); `env:NAME` is not read here:
+    /// use `IDEMGATE_STORE__POSTGRES__URL` to keep a password out of the file.
+    pub url: String,
+    /// Connections in the pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Each store operation must finish within this, or the request gets 503.
+    #[serde(default = "default_store_timeout")]
+    pub timeout: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://...`.
+    pub url: String,
+    /// Prefix of every Redis key idemgate writes.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    /// Each store operation must finish within this, or the request gets 503.
+    #[serde(default = "default_store_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+
+fn default_store_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+
+fn default_redis_prefix() -> String {
+    "idemgate:".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,9 +384,7 @@ impl Config {
                 format!("{} is not a loopback address: set admin.token, or listen on 127.0.0.1", self.admin.listen),
             ));
         }
-        if self.store.sqlite.path.as_os_str().is_empty() {
-            return Err(invalid("store.sqlite.path", "must not be empty"));
-        }
+        self.validate_store()?;
         let mut names = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}] ({})", route.name);
@@ -338,6 +397,27 @@ impl Config {
             crate::route::Route::compile(route, &self.defaults, self.upstream.timeout).map_err(|e| invalid(at, e))?;
         }
         Ok(())
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let store = &self.store;
+        let chosen = [store.sqlite.is_some(), store.postgres.is_some(), store.redis.is_some()];
+        if chosen.iter().filter(|c| **c).count() > 1 {
+            return Err(invalid("store", "choose one of sqlite, postgres and redis"));
+        }
+        match store.backend() {
+            Backend::Sqlite(sqlite) if sqlite.path.as_os_str().is_empty() => {
+                Err(invalid("store.sqlite.path", "must not be empty"))
+            }
+            Backend::Postgres(pg) if pg.url.is_empty() => Err(invalid("store.postgres.url", "must not be empty")),
+            Backend::Postgres(pg) if pg.pool_size == 0 => {
+                Err(invalid("store.postgres.pool_size", "must be at least 1"))
+            }
+            Backend::Redis(redis) if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") => {
+                Err(invalid("store.redis.url", "must start with redis:// or rediss://"))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn validate_upstream(&self) -> Result<(), ConfigError> {

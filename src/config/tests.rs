@@ -41,7 +41,10 @@ fn every_section_has_the_contract_defaults() {
     assert_eq!(cfg.server.shutdown_grace.0, Duration::from_secs(25));
     assert_eq!(cfg.upstream.connect_timeout.0, Duration::from_secs(1));
     assert_eq!(cfg.upstream.timeout.0, Duration::from_secs(30));
-    assert_eq!(cfg.store.sqlite.path, PathBuf::from("data/idemgate.db"));
+    match cfg.store.backend() {
+        Backend::Sqlite(sqlite) => assert_eq!(sqlite.path, PathBuf::from("data/idemgate.db")),
+        _ => panic!("SQLite is the default store"),
+    }
     assert_eq!(cfg.store.cache.max_bytes, Size(64 << 20));
     assert!(cfg.routes.is_empty());
 }

@@ -5,12 +5,16 @@
 //! only after the backend has committed it.
 
 mod cache;
+mod postgres;
 mod record;
+mod redis;
 mod sqlite;
 mod sweep;
 
 pub use cache::CompletedCache;
+pub use postgres::PostgresStore;
 pub use record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
+pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
 pub use sweep::spawn_sweeper;
 
