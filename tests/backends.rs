@@ -27,6 +27,13 @@ impl Backend {
     }
 }
 
+/// Says so on the terminal even though the test harness captures output: a skipped backend must
+/// not pass silently.
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {why}");
+}
+
 fn run_id() -> String {
     use std::hash::{BuildHasher, RandomState};
     format!("{:x}", RandomState::new().hash_one(now_ms()))
@@ -40,7 +47,7 @@ async fn sqlite() -> Backend {
 
 async fn postgres() -> Option<Backend> {
     let Ok(url) = std::env::var("IDEMGATE_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: IDEMGATE_TEST_POSTGRES_URL not set");
+        skipped("IDEMGATE_TEST_POSTGRES_URL not set");
         return None;
     };
     let cfg = PostgresConfig { url, pool_size: 8, timeout: Dur(Duration::from_secs(5)) };
@@ -51,7 +58,7 @@ async fn postgres() -> Option<Backend> {
 
 async fn redis() -> Option<Backend> {
     let Ok(url) = std::env::var("IDEMGATE_TEST_REDIS_URL") else {
-        eprintln!("skipped: IDEMGATE_TEST_REDIS_URL not set");
+        skipped("IDEMGATE_TEST_REDIS_URL not set");
         return None;
     };
     let cfg =
