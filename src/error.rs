@@ -44,6 +44,8 @@ pub enum Problem {
     BadRequest(String),
     #[error("protocol upgrades are not accepted on a protected route")]
     UpgradeRefused,
+    #[error("transfer coding {0:?} is not supported; only chunked is")]
+    UnsupportedTransferCoding(String),
     #[error("the signature could not be verified: {0}")]
     Unverified(#[from] crate::verify::VerifyError),
 }
@@ -57,6 +59,7 @@ impl Problem {
             | Problem::BodyUnreadable(_)
             | Problem::BadRequest(_) => StatusCode::BAD_REQUEST,
             Problem::UpgradeRefused => StatusCode::BAD_REQUEST,
+            Problem::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Problem::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::InFlight => StatusCode::CONFLICT,
             Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -86,6 +89,7 @@ impl Problem {
             Problem::Unauthorized => "unauthorized",
             Problem::BadRequest(_) => "bad-request",
             Problem::UpgradeRefused => "upgrade-refused",
+            Problem::UnsupportedTransferCoding(_) => "unsupported-transfer-coding",
             Problem::Unverified(_) => "signature-invalid",
         }
     }
@@ -107,6 +111,7 @@ impl Problem {
             Problem::Unauthorized => "Unauthorized",
             Problem::BadRequest(_) => "Bad request",
             Problem::UpgradeRefused => "Upgrade refused",
+            Problem::UnsupportedTransferCoding(_) => "Unsupported transfer coding",
             Problem::Unverified(_) => "Invalid signature",
         }
     }

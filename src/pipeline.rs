@@ -81,8 +81,8 @@ impl Pipeline {
         let start = Instant::now();
         let method = req.method().clone();
         let mut report = Report { route: "-".into(), route_index: None, key: None, outcome: Outcome::passthrough };
-        let answer = match self.router.route(req.method(), req.uri().path()) {
-            Err(e) => Err(Problem::from(e)),
+        let answer = match check_framing(&req).and_then(|()| Ok(self.router.route(req.method(), req.uri().path())?)) {
+            Err(e) => Err(e),
             Ok(RouteMatch::Unmatched) => self.pass_through(req, client).await,
             Ok(RouteMatch::Matched(route)) => {
                 report.route = route.name.clone();
@@ -256,6 +256,31 @@ impl Pipeline {
         let deadline = Instant::now() + self.upstream.timeout;
         self.upstream.send(req, deadline).await.map(replay::stream)
     }
+}
+
+/// What hyper accepts but a proxy must not pass on, for every request, routed or not: an HTTP/1.1
+/// request without exactly one Host (RFC 9112 3.2), a body chunked twice, or a transfer coding
+/// other than chunked (idemgate would drop the coding and hand the app coded bytes as content).
+fn check_framing(req: &Request<Incoming>) -> Result<(), Problem> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if req.version() == http::Version::HTTP_11 && hosts != 1 {
+        return Err(Problem::BadRequest(format!("an HTTP/1.1 request carries exactly one Host header, not {hosts}")));
+    }
+    let mut chunked = 0;
+    for coding in
+        req.headers().get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','))
+    {
+        let coding = String::from_utf8_lossy(coding).trim().to_ascii_lowercase();
+        match coding.as_str() {
+            "chunked" => chunked += 1,
+            "" => {}
+            other => return Err(Problem::UnsupportedTransferCoding(other.to_string())),
+        }
+    }
+    if chunked > 1 {
+        return Err(Problem::BadRequest("the body is chunked more than once".into()));
+    }
+    Ok(())
 }
 
 /// Reads the whole body, refusing it unread if its declared length is over the limit.

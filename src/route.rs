@@ -222,6 +222,8 @@ pub enum PathError {
     BadPercent,
     #[error("the path climbs above the root")]
     AboveRoot,
+    #[error("the path contains a '\\', which some apps read as '/'")]
+    Backslash,
 }
 
 impl Router {
@@ -267,6 +269,9 @@ impl Router {
 /// segments. Encoded slashes and invalid escapes are refused: their meaning differs between
 /// servers, so no route decision could be trusted.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if raw.contains('\\') {
+        return Err(PathError::Backslash);
+    }
     let decoded = decode_unreserved(raw)?;
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
@@ -352,6 +357,7 @@ mod tests {
             ("/webhooks/%+1", Err(PathError::BadPercent)),
             ("/..", Err(PathError::AboveRoot)),
             ("/a/../..", Err(PathError::AboveRoot)),
+            ("/hooks\\x", Err(PathError::Backslash)),
         ];
         for (input, want) in cases {
             assert_eq!(normalize_path(input).as_deref().map_err(Clone::clone), want, "{input}");
