@@ -349,7 +349,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// `IDEMGATE_UPSTREAM__URL=...` sets `upstream.url`. `IDEMGATE_CONFIG` names the file and the
 /// test suite's `IDEMGATE_TEST_*` variables are not config.
 fn env_overrides() -> Env {
-    Env::prefixed("IDEMGATE_").filter(|k| k != "config" && !k.as_str().starts_with("test_")).split("__")
+    Env::prefixed("IDEMGATE_")
+        .filter(|k| k != "config" && !k.as_str().to_ascii_lowercase().starts_with("test_"))
+        .split("__")
 }
 
 fn describe_figment_error(e: figment::Error) -> String {

@@ -36,10 +36,17 @@ impl ChildProxy {
             }
         });
         loop {
-            let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("idemgate did not report listening within 20s");
+            let line = match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait();
+                    panic!("idemgate exited before listening: {status:?} (its stderr is above)");
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("idemgate did not report listening within 20s");
+                }
             };
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["message"] == "listening" {

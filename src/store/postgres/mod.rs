@@ -1,0 +1,210 @@
+//! The shared PostgreSQL store: every replica's sidecar talks to one database, so that all of
+//! them agree on every key.
+//!
+//! **Claims.** A claim is one statement (see [`sql::CLAIM`]): an `INSERT ... ON CONFLICT DO
+//! UPDATE ... WHERE expires_ms <= now` that either inserts the key or takes over a record whose
+//! lease or ttl has ended, and, in the same round trip, reads the record that holds the key when
+//! it did neither. The unique primary key serialises concurrent claims of one key, whichever
+//! replica sends them: exactly one of them inserts (or takes over) the row. Each claim carries a
+//! random token; `complete` and `release` only touch the row while it still carries their token,
+//! so a replica that paused past its lease, and lost the key to another, is refused
+//! (`complete` answers false) and the other replica's record stands.
+//!
+//! **Durability.** Every statement runs in autocommit: when `complete` returns, its transaction
+//! is committed. Whether committed means on disk is PostgreSQL's `synchronous_commit`: it must
+//! stay `on` (the default; `remote_write` / `remote_apply` are stronger still with synchronous
+//! replicas) for the database and role idemgate uses. With `off`, a server crash can lose the
+//! last completions after their responses left, and a retried delivery would reach the app again.
+//! [`PostgresStore::open`] logs a warning when it finds it `off`.
+//!
+//! **Timeouts and outages.** Every operation, including taking a connection from the pool (and
+//! connecting, when the pool has none), is bounded by `store.postgres.timeout`: past it, or on any
+//! connection or SQL error, the operation answers [`StoreError::Unavailable`] and the pipeline
+//! answers 503. A connection goes back to the pool only after a statement on it succeeded or the
+//! server itself answered with an error; one that timed out or broke is dropped, so a dead
+//! connection (server restarted, network cut, a half-open socket) is never handed out again, and
+//! the pool connects afresh once the server is back: no restart needed. Idle pooled connections are
+//! checked with `is_closed` when they are taken (deadpool's `RecyclingMethod::Fast`), and TCP
+//! keepalives start after 30 s idle (unless the url sets `keepalives_idle`), so that a half-open
+//! idle connection is noticed by itself too. A statement abandoned by the timeout may still finish
+//! on the server: a claim reported unavailable may then hold its key until its lease ends, exactly
+//! as after a crash; a completion reported unavailable may be stored after all, and the next
+//! delivery is replayed. (A server-side `statement_timeout` would need a `SET`, which pgbouncer in
+//! transaction mode does not keep: set it on the role instead if wanted, e.g.
+//! `ALTER ROLE idemgate SET statement_timeout = '5s'`.)
+//!
+//! **pgbouncer (transaction pooling).** No statement is ever prepared by name: every one is sent
+//! with `query_typed` / `execute_typed` (Parse, Bind, Describe, Execute and Sync of the unnamed
+//! statement, with the parameter types given, in one round trip), and nothing relies on session
+//! state. The one multi-statement transaction, the migration at [`PostgresStore::open`], holds a
+//! transaction-level advisory lock (`pg_advisory_xact_lock`), which transaction pooling keeps. The
+//! only startup parameters sent are user, database, `client_encoding` and `application_name`
+//! (`idemgate` unless the url names another), which pgbouncer accepts. So idemgate works through pgbouncer in transaction (or statement,
+//! except for the migration) mode without `max_prepared_statements`.
+//!
+//! **TLS.** This build connects without TLS (`NoTls`): use `sslmode=disable` or `prefer` (the
+//! default, which then connects in plain text); `sslmode=require` fails to connect. Run it on a
+//! trusted network, or through a local TLS-terminating pooler.
+//!
+//! **Clocks.** Times are the callers' wall clocks (`now_ms`): replicas' clocks should agree to well
+//! within a lease, as with any lease-based scheme.
+
+mod sql;
+#[cfg(test)]
+mod tests;
+
+use super::{Claim, ClaimOutcome, Completed, Record, RecordId, Store, StoreError, StoreFuture};
+use crate::config::PostgresConfig;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use sql::Failure;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// tokio-postgres' default keepalive idle time; replaced by [`KEEPALIVES_IDLE`] unless the url
+/// chose another.
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+
+/// What one operation does with its connection; the future may borrow it.
+type OpFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + 'c>>;
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl PostgresStore {
+    /// Builds the pool, connects, and creates or migrates the schema (serialised across replicas
+    /// by an advisory lock), all within `cfg.timeout`.
+    pub async fn open(cfg: &PostgresConfig) -> Result<PostgresStore, StoreError> {
+        let timeout = cfg.timeout.0;
+        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| {
+            StoreError::Unavailable(format!("store.postgres.url is not a valid connection string: {e}"))
+        })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(timeout);
+        }
+        if pg.get_keepalives_idle() == DEFAULT_KEEPALIVES_IDLE {
+            pg.keepalives_idle(KEEPALIVES_IDLE);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("idemgate");
+        }
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot build the PostgreSQL pool: {e}")))?;
+        let store = PostgresStore { pool, timeout };
+        let synchronous_commit = store.call(|c| Box::pin(sql::migrate(c))).await?;
+        if synchronous_commit == "off" {
+            tracing::warn!(
+                "PostgreSQL synchronous_commit is off: a server crash can lose completed keys whose responses \
+                 were already sent; set it to on for idemgate's role or database"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Runs `op` on a pooled connection, the whole of it (waiting for the pool and connecting
+    /// included) bounded by the timeout.
+    fn call<T, F>(&self, op: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Client) -> OpFuture<'c, T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let run = async {
+                let mut conn = Conn { obj: Some(pool.get().await.map_err(pool_error)?), keep: false };
+                let result = op(conn.client()).await;
+                conn.keep = match &result {
+                    Ok(_) | Err(Failure::Store(_)) => true,
+                    // The server answered: the connection itself is fine.
+                    Err(Failure::Pg(e)) => e.as_db_error().is_some() && !conn.client().is_closed(),
+                };
+                result.map_err(Failure::into_store_error)
+            };
+            match tokio::time::timeout(timeout, run).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(format!("PostgreSQL did not answer within {timeout:?}"))),
+            }
+        })
+    }
+}
+
+/// A pooled connection that goes back to the pool only if marked `keep`; otherwise (an error
+/// that may have broken it, or the operation abandoned at the timeout) it is closed and the pool
+/// shrinks, to connect afresh when next needed.
+struct Conn {
+    obj: Option<Object>,
+    keep: bool,
+}
+
+impl Conn {
+    fn client(&mut self) -> &mut Client {
+        self.obj.as_mut().expect("taken only on drop")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Some(obj) = self.obj.take()
+        {
+            drop(Object::take(obj));
+        }
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Closed => StoreError::Closed,
+        PoolError::Backend(e) => {
+            StoreError::Unavailable(format!("cannot connect to PostgreSQL: {}", sql::describe(&e)))
+        }
+        PoolError::Timeout(_) => StoreError::Unavailable("timed out waiting for a PostgreSQL connection".into()),
+        e => StoreError::Unavailable(format!("cannot get a PostgreSQL connection: {e}")),
+    }
+}
+
+impl Store for PostgresStore {
+    fn claim(&self, claim: Claim) -> StoreFuture<ClaimOutcome> {
+        self.call(move |c| Box::pin(async move { sql::claim(c, &claim).await }))
+    }
+    fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool> {
+        self.call(move |c| Box::pin(async move { sql::complete(c, &id, token, &completed).await }))
+    }
+    fn release(&self, id: RecordId, token: u64) -> StoreFuture<()> {
+        self.call(move |c| Box::pin(async move { sql::release(c, &id, token).await }))
+    }
+    fn get(&self, id: RecordId) -> StoreFuture<Option<Record>> {
+        self.call(move |c| Box::pin(async move { sql::get(c, &id).await }))
+    }
+    fn delete(&self, id: RecordId) -> StoreFuture<bool> {
+        self.call(move |c| Box::pin(async move { sql::delete(c, &id).await }))
+    }
+    fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize> {
+        self.call(move |c| Box::pin(sql::sweep(c, now_ms, batch)))
+    }
+    fn check_writable(&self) -> StoreFuture<()> {
+        self.call(|c| Box::pin(sql::check_writable(c)))
+    }
+    /// Closes the pool: idle connections now, those in use when their operation ends. Every
+    /// later operation answers [`StoreError::Closed`]. Nothing is queued, so nothing is lost.
+    fn close(&self) -> StoreFuture<()> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            pool.close();
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,283 @@
+//! The schema and the statements, one function per operation. Every statement is sent unnamed
+//! with its parameter types (`query_typed` / `execute_typed`): one round trip, no prepared
+//! statement left on the server, so pgbouncer in transaction mode is fine.
+
+use crate::store::StoreError;
+use crate::store::record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row};
+
+/// Why an operation failed: the server or the connection, or something the store itself refuses.
+pub(super) enum Failure {
+    Pg(tokio_postgres::Error),
+    Store(String),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Failure {
+        Failure::Pg(e)
+    }
+}
+
+impl Failure {
+    pub(super) fn into_store_error(self) -> StoreError {
+        StoreError::Unavailable(match self {
+            Failure::Pg(e) => format!("PostgreSQL: {}", describe(&e)),
+            Failure::Store(message) => message,
+        })
+    }
+}
+
+/// The error and its causes on one line ("db error: ERROR: <message>", "error connecting to
+/// server: Connection refused (os error 111)"): tokio-postgres' `Display` shows only the first.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string().replace('\n', "; "));
+        source = cause.source();
+    }
+    text
+}
+
+pub(super) const SCHEMA_VERSION: i32 = 1;
+
+/// The key of the transaction-level advisory lock that serialises migrations across replicas
+/// ("idemgate" in ASCII).
+pub(super) const MIGRATION_LOCK: i64 = 0x6964_656d_6761_7465;
+
+/// Version 1. `expires_ms` is the lease end while in flight (state 0) and the ttl end once
+/// completed (state 1); a record with `expires_ms <= now` is gone as far as claims are concerned,
+/// and the sweeper deletes it.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS idemgate_records (
+    route        text     NOT NULL,
+    scope        text     NOT NULL,          -- sha-256 of the scope value, '' on unscoped routes
+    key          text     NOT NULL,
+    state        smallint NOT NULL,          -- 0 in flight, 1 completed
+    token        bigint   NOT NULL,          -- the claim that owns the record (the fence)
+    fingerprint  bytea,
+    created_ms   bigint   NOT NULL,
+    expires_ms   bigint   NOT NULL,
+    status       integer,
+    headers      bytea,
+    body         bytea,
+    body_omitted boolean  NOT NULL DEFAULT false,
+    PRIMARY KEY (route, scope, key)
+);
+CREATE INDEX IF NOT EXISTS idemgate_records_expiry ON idemgate_records (expires_ms);
+";
+
+/// Creates or migrates the schema in one transaction that holds [`MIGRATION_LOCK`], so replicas
+/// starting together migrate once. A schema already current is only read, so a role with no
+/// `CREATE` privilege can run idemgate once an administrator's role has migrated it. Returns the
+/// server's `synchronous_commit`.
+pub(super) async fn migrate(client: &mut Client) -> Result<String, Failure> {
+    let tx = client.transaction().await?;
+    tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&MIGRATION_LOCK, Type::INT8)]).await?;
+    let exists: bool =
+        tx.query_typed_one("SELECT to_regclass('idemgate_schema') IS NOT NULL", &[]).await?.try_get(0)?;
+    let version: Option<i32> = if exists {
+        tx.query_typed_one("SELECT max(version) FROM idemgate_schema", &[]).await?.try_get(0)?
+    } else {
+        tx.batch_execute("CREATE TABLE idemgate_schema (version integer NOT NULL)").await?;
+        None
+    };
+    match version {
+        None => {
+            tx.batch_execute(SCHEMA_V1).await?;
+            tx.execute_typed("INSERT INTO idemgate_schema (version) VALUES ($1)", &[(&SCHEMA_VERSION, Type::INT4)])
+                .await?;
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(Failure::Store(format!(
+                "the PostgreSQL schema is at version {v}, newer than this idemgate understands ({SCHEMA_VERSION})"
+            )));
+        }
+        // Later versions add their steps here: `Some(1) => { ...; UPDATE idemgate_schema ... }`.
+        Some(_) => {}
+    }
+    let synchronous_commit: String =
+        tx.query_typed_one("SELECT current_setting('synchronous_commit')", &[]).await?.try_get(0)?;
+    tx.commit().await?;
+    Ok(synchronous_commit)
+}
+
+/// Inserts the key, or takes over a record whose lease or ttl has ended (`RETURNING token`: the
+/// claim is ours); otherwise the second branch reads the holder in the same statement.
+///
+/// The second branch reads with the statement's snapshot, so it can miss a holder that committed
+/// after the statement began (the `ON CONFLICT` arbiter sees it, the snapshot does not), or see a
+/// version that has since expired and been taken over by another claim: it then returns no row,
+/// and the claim is simply sent again, with a fresh snapshot.
+pub(super) const CLAIM: &str = "
+WITH taken AS (
+    INSERT INTO idemgate_records (route, scope, key, state, token, fingerprint, created_ms, expires_ms)
+    VALUES ($1, $2, $3, 0, $4, $5, $6, $7)
+    ON CONFLICT (route, scope, key) DO UPDATE SET
+        state = 0, token = excluded.token, fingerprint = excluded.fingerprint,
+        created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
+        status = NULL, headers = NULL, body = NULL, body_omitted = false
+    WHERE idemgate_records.expires_ms <= excluded.created_ms
+    RETURNING token
+)
+SELECT token, NULL::smallint AS state, NULL::bytea AS fingerprint, NULL::bigint AS created_ms,
+       NULL::bigint AS expires_ms, NULL::integer AS status, NULL::bytea AS headers, NULL::bytea AS body,
+       NULL::boolean AS body_omitted
+FROM taken
+UNION ALL
+SELECT NULL, state, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted
+FROM idemgate_records
+WHERE route = $1 AND scope = $2 AND key = $3 AND expires_ms > $6 AND NOT EXISTS (SELECT 1 FROM taken)";
+
+/// Each attempt but the first follows a concurrent change of the same key; this many in a row
+/// does not happen in practice, and the operation's timeout bounds them anyway.
+const CLAIM_ATTEMPTS: usize = 16;
+
+pub(super) async fn claim(client: &Client, c: &Claim) -> Result<ClaimOutcome, Failure> {
+    let route: &str = &c.id.route;
+    let token = c.token as i64;
+    let fingerprint = c.fingerprint.as_ref().map(|f| &f[..]);
+    let expires_ms = c.now_ms.saturating_add(c.lease_ms);
+    let params: [(&(dyn ToSql + Sync), Type); 7] = [
+        (&route, Type::TEXT),
+        (&c.id.scope, Type::TEXT),
+        (&c.id.key, Type::TEXT),
+        (&token, Type::INT8),
+        (&fingerprint, Type::BYTEA),
+        (&c.now_ms, Type::INT8),
+        (&expires_ms, Type::INT8),
+    ];
+    for _ in 0..CLAIM_ATTEMPTS {
+        if let Some(row) = client.query_typed_opt(CLAIM, &params).await? {
+            return holder(&row, c.token);
+        }
+    }
+    Err(Failure::Store(format!("the claim of key {:?} kept racing with other changes of it", c.id.key)))
+}
+
+/// The answer of [`CLAIM`]: our token, or the record that holds the key.
+fn holder(row: &Row, ours: u64) -> Result<ClaimOutcome, Failure> {
+    if let Some(token) = row.try_get::<_, Option<i64>>(0)? {
+        // RETURNING only yields the row this statement wrote, which carries our token.
+        return if token as u64 == ours {
+            Ok(ClaimOutcome::Claimed { token: ours })
+        } else {
+            Err(Failure::Store("the claim returned another token".into()))
+        };
+    }
+    let fingerprint = row.try_get::<_, Option<Vec<u8>>>(2)?.and_then(|f| f.try_into().ok());
+    let expires_ms: i64 = row.try_get(4)?;
+    if row.try_get::<_, i16>(1)? == 0 {
+        return Ok(ClaimOutcome::InFlight { fingerprint, expires_ms });
+    }
+    let status: Option<i32> = row.try_get(5)?;
+    let headers = row.try_get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default();
+    let body = row.try_get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default();
+    Ok(ClaimOutcome::Completed(Arc::new(Completed {
+        fingerprint,
+        created_ms: row.try_get(3)?,
+        expires_ms,
+        response: StoredResponse {
+            status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
+            headers: StoredResponse::decode_headers(&headers),
+            body: Bytes::from(body),
+            body_omitted: row.try_get::<_, Option<bool>>(8)?.unwrap_or(false),
+        },
+    })))
+}
+
+/// The claim token is the fence: only the claim that still owns the key, in flight, completes it.
+pub(super) async fn complete(client: &Client, id: &RecordId, token: u64, done: &Completed) -> Result<bool, Failure> {
+    let route: &str = &id.route;
+    let token = token as i64;
+    let status = i32::from(done.response.status);
+    let headers = done.response.encode_headers();
+    let body: &[u8] = &done.response.body;
+    let changed = client
+        .execute_typed(
+            "UPDATE idemgate_records
+             SET state = 1, status = $5, headers = $6, body = $7, body_omitted = $8, expires_ms = $9
+             WHERE route = $1 AND scope = $2 AND key = $3 AND token = $4 AND state = 0",
+            &[
+                (&route, Type::TEXT),
+                (&id.scope, Type::TEXT),
+                (&id.key, Type::TEXT),
+                (&token, Type::INT8),
+                (&status, Type::INT4),
+                (&headers, Type::BYTEA),
+                (&body, Type::BYTEA),
+                (&done.response.body_omitted, Type::BOOL),
+                (&done.expires_ms, Type::INT8),
+            ],
+        )
+        .await?;
+    Ok(changed == 1)
+}
+
+pub(super) async fn release(client: &Client, id: &RecordId, token: u64) -> Result<(), Failure> {
+    let route: &str = &id.route;
+    let token = token as i64;
+    client
+        .execute_typed(
+            "DELETE FROM idemgate_records WHERE route = $1 AND scope = $2 AND key = $3 AND token = $4 AND state = 0",
+            &[(&route, Type::TEXT), (&id.scope, Type::TEXT), (&id.key, Type::TEXT), (&token, Type::INT8)],
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn get(client: &Client, id: &RecordId) -> Result<Option<Record>, Failure> {
+    let route: &str = &id.route;
+    let row = client
+        .query_typed_opt(
+            "SELECT state, status, created_ms, expires_ms FROM idemgate_records
+             WHERE route = $1 AND scope = $2 AND key = $3",
+            &[(&route, Type::TEXT), (&id.scope, Type::TEXT), (&id.key, Type::TEXT)],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(Record {
+        state: if row.try_get::<_, i16>(0)? == 0 { State::InFlight } else { State::Completed },
+        status: row.try_get::<_, Option<i32>>(1)?.and_then(|s| u16::try_from(s).ok()),
+        created_ms: row.try_get(2)?,
+        expires_ms: row.try_get(3)?,
+    }))
+}
+
+pub(super) async fn delete(client: &Client, id: &RecordId) -> Result<bool, Failure> {
+    let route: &str = &id.route;
+    let deleted = client
+        .execute_typed(
+            "DELETE FROM idemgate_records WHERE route = $1 AND scope = $2 AND key = $3",
+            &[(&route, Type::TEXT), (&id.scope, Type::TEXT), (&id.key, Type::TEXT)],
+        )
+        .await?;
+    Ok(deleted > 0)
+}
+
+/// Deletes at most `batch` expired records. `SKIP LOCKED`: replicas sweeping at once take
+/// different rows, and a row a claim is taking over right now is left to that claim. The outer
+/// `expires_ms` test is checked again on the row version that is finally deleted.
+pub(super) async fn sweep(client: &Client, now_ms: i64, batch: usize) -> Result<usize, Failure> {
+    let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+    let deleted = client
+        .execute_typed(
+            "DELETE FROM idemgate_records
+             WHERE ctid IN (SELECT ctid FROM idemgate_records WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+               AND expires_ms <= $1",
+            &[(&now_ms, Type::INT8), (&limit, Type::INT8)],
+        )
+        .await?;
+    Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+}
+
+/// A write that changes nothing: it fails on a read-only server (a standby, or
+/// `default_transaction_read_only`), without the table, or without the privilege to write it.
+pub(super) async fn check_writable(client: &Client) -> Result<(), Failure> {
+    client.execute_typed("UPDATE idemgate_records SET state = state WHERE false", &[]).await?;
+    Ok(())
+}
