@@ -42,9 +42,7 @@ routes:
     lease: 3s
 "
     );
-    let yaml = config_yaml(&app.url(), &dir.join("unused.db"), &routes)
-        .replace("level: warn", "level: info")
-        .replace(&format!("store: {{ sqlite: {{ path: {} }} }}\n", dir.join("unused.db").display()), "");
+    let yaml = config_yaml(&app.url(), &dir.join("unused.db"), &routes).replace("level: warn", "level: info");
     let file = dir.join("idemgate.yaml");
     std::fs::write(&file, yaml).unwrap();
     (ChildProxy::spawn(&file), ChildProxy::spawn(&file))

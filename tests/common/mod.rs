@@ -251,13 +251,14 @@ pub struct TestProxy {
 }
 
 /// The config around `body` (YAML with `defaults:`/`routes:` and any other sections; an `admin:`
-/// section in `body` replaces the harness's, and must listen on port 0 too).
+/// or `store:` section in `body` replaces the harness's; an admin listener must use port 0 too).
 pub fn config_yaml(upstream: &str, db_path: &std::path::Path, body: &str) -> String {
-    let admin = if body.lines().any(|l| l.starts_with("admin:")) { "" } else { "admin: { listen: 127.0.0.1:0 }\n" };
+    let has = |section: &str| body.lines().any(|l| l.starts_with(section));
+    let admin = if has("admin:") { String::new() } else { "admin: { listen: 127.0.0.1:0 }\n".to_string() };
+    let store =
+        if has("store:") { String::new() } else { format!("store: {{ sqlite: {{ path: {} }} }}\n", db_path.display()) };
     format!(
-        "listen: 127.0.0.1:0\n{admin}log: {{ level: warn }}\n\
-         upstream: {{ url: {upstream}, timeout: 2s }}\nstore: {{ sqlite: {{ path: {} }} }}\n{body}",
-        db_path.display()
+        "listen: 127.0.0.1:0\n{admin}log: {{ level: warn }}\nupstream: {{ url: {upstream}, timeout: 2s }}\n{store}{body}"
     )
 }
 
