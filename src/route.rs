@@ -299,12 +299,13 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
     if !raw.contains('%') {
         return Ok(raw.to_string());
     }
+    // Bytes, not chars: a non-ASCII character is several bytes and must pass through whole.
     let bytes = raw.as_bytes();
-    let mut out = String::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] != b'%' {
-            out.push(bytes[i] as char);
+            out.push(bytes[i]);
             i += 1;
             continue;
         }
@@ -316,16 +317,14 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
             .ok_or(PathError::BadPercent)?;
         match value {
             b'/' | b'\\' => return Err(PathError::EncodedSlash),
-            v if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(v as char),
-            v => {
-                // Anything else stays encoded, in one canonical (upper-case) spelling.
-                out.push('%');
-                out.push_str(&format!("{v:02X}"));
-            }
+            v if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(v),
+            // Anything else stays encoded, in one canonical (upper-case) spelling.
+            v => out.extend_from_slice(format!("%{v:02X}").as_bytes()),
         }
         i += 3;
     }
-    Ok(out)
+    // Only ASCII was decoded and every other byte copied whole, so this is the input's UTF-8.
+    String::from_utf8(out).map_err(|_| PathError::BadPercent)
 }
 
 #[cfg(test)]
@@ -358,6 +357,8 @@ mod tests {
             ("/..", Err(PathError::AboveRoot)),
             ("/a/../..", Err(PathError::AboveRoot)),
             ("/hooks\\x", Err(PathError::Backslash)),
+            ("/é%20", Ok("/é%20")),
+            ("/webhooks/%41/../é", Ok("/webhooks/é")),
         ];
         for (input, want) in cases {
             assert_eq!(normalize_path(input).as_deref().map_err(Clone::clone), want, "{input}");
