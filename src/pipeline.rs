@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 /// Shared by every connection: the routes, the store, the app client.
 pub struct Pipeline {
@@ -41,6 +42,9 @@ pub struct Pipeline {
     /// Per route, by `Route::index`; the last entry is for requests on no route ("-").
     route_metrics: Vec<RouteMetrics>,
     tokens: Tokens,
+    /// Exchanges run on tasks of their own (they outlive a client that goes away); the drain
+    /// waits for them, so a graceful stop never leaves an answered key uncommitted.
+    exchanges: TaskTracker,
 }
 
 /// A key this request owns: what `forward`, `capture` and `commit` work with.
@@ -73,6 +77,7 @@ impl Pipeline {
             metrics,
             route_metrics,
             tokens: Tokens::default(),
+            exchanges: TaskTracker::new(),
         }
     }
 
@@ -160,12 +165,20 @@ impl Pipeline {
                     // app's answer is still committed, so the provider's retry gets the replay.
                     let claimed = Claimed { route, id, token, fingerprint };
                     let exchange = self.clone().exchange(claimed, parts, body, client);
-                    return tokio::spawn(exchange)
+                    return self
+                        .exchanges
+                        .spawn(exchange)
                         .await
                         .unwrap_or_else(|e| Err(Problem::BadRequest(format!("internal error: {e}"))));
                 }
             }
         }
+    }
+
+    /// Waits (up to `grace`) for exchanges still running after their connections closed.
+    pub async fn drain(&self, grace: std::time::Duration) -> bool {
+        self.exchanges.close();
+        tokio::time::timeout(grace, self.exchanges.wait()).await.is_ok()
     }
 
     /// Stage `claim`: the cache, then the store; the pure [`decide`] turns what was found into what to do.

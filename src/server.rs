@@ -106,8 +106,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin.set_draining();
         let proxy_conns = proxy_loop.await.unwrap_or_default();
         tracing::info!(in_flight = proxy_conns.count(), "shutting down: listener closed; draining connections");
+        let started = tokio::time::Instant::now();
         if tokio::time::timeout(grace, proxy_conns.shutdown()).await.is_err() {
             tracing::warn!(grace = ?grace, "requests still in flight after the shutdown grace; closing them");
+        }
+        if !pipeline.drain(grace.saturating_sub(started.elapsed())).await {
+            tracing::warn!(
+                "exchanges with the app still running after the shutdown grace; their keys wait for their lease"
+            );
         }
         let _ = stop_admin.send(true);
         let admin_conns = admin_loop.await.unwrap_or_default();

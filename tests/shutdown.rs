@@ -57,3 +57,32 @@ async fn sigterm_drains_requests_in_flight_and_exits_0() {
     let wal = dir.path().join("idemgate.db-wal");
     assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_waits_for_an_exchange_whose_client_went_away() {
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &app);
+    let proxy = ChildProxy::spawn(&config);
+    let client = TestClient::new(proxy.proxy_addr);
+
+    app.hold("orphan");
+    let gone = {
+        let client = client.clone();
+        tokio::spawn(async move { client.post("/hooks/a", &[("idempotency-key", "orphan")], "{}").await })
+    };
+    app.arrival().await;
+    gone.abort();
+    let _ = gone.await;
+    proxy.signal("TERM");
+    while !proxy.lines.recv_timeout(Duration::from_secs(10)).unwrap().contains("shutting down") {}
+    // No connection is left, but the exchange is: the app answers only now.
+    app.release("orphan");
+    assert!(proxy.wait_exit(Duration::from_secs(15)).success());
+
+    let proxy = ChildProxy::spawn(&config);
+    let client = TestClient::new(proxy.proxy_addr);
+    let reply = client.post("/hooks/a", &[("idempotency-key", "orphan")], "{}").await;
+    assert!(reply.replayed(), "the answer that came in during the drain was committed");
+    assert_eq!(app.count("orphan"), 1);
+}
