@@ -63,6 +63,19 @@ struct Report {
     outcome: Outcome,
 }
 
+impl Report {
+    /// The request's one log line; a failure of idemgate's own (5xx) at warn, with its cause.
+    fn log(&self, method: &http::Method, status: http::StatusCode, elapsed: std::time::Duration, error: Option<&str>) {
+        let (route, key, outcome) = (&*self.route, self.key.as_deref(), self.outcome.as_str());
+        let (status, duration_ms) = (status.as_u16(), elapsed.as_secs_f64() * 1000.0);
+        if status >= 500 && error.is_some() {
+            tracing::warn!(route, key, outcome, %method, status, duration_ms, error, "request");
+        } else {
+            tracing::info!(route, key, outcome, %method, status, duration_ms, error, "request");
+        }
+    }
+}
+
 type Answer = Result<Response<Body>, Problem>;
 
 impl Pipeline {
@@ -86,8 +99,8 @@ impl Pipeline {
         let start = Instant::now();
         let method = req.method().clone();
         let mut report = Report { route: "-".into(), route_index: None, key: None, outcome: Outcome::passthrough };
-        let answer = match check_framing(&req).and_then(|()| Ok(self.router.route(req.method(), req.uri().path())?)) {
-            Err(e) => Err(e),
+        let answer = match self.route(&req) {
+            Err(problem) => Err(problem),
             Ok(RouteMatch::Unmatched) => self.pass_through(req, client).await,
             Ok(RouteMatch::Matched(route)) => {
                 report.route = route.name.clone();
@@ -95,29 +108,25 @@ impl Pipeline {
                 self.clone().protect(route, req, client, &mut report).await
             }
         };
-        let response = match answer {
-            Ok(response) => response,
+        let (response, error) = match answer {
+            Ok(response) => (response, None),
             Err(problem) => {
                 report.outcome = problem.outcome();
-                if problem.status().is_server_error() {
-                    tracing::warn!(route = %report.route, key = report.key.as_deref(), error = %problem, "request failed");
-                }
-                problem.into_response()
+                let error = problem.to_string();
+                (problem.into_response(), Some(error))
             }
         };
         let elapsed = start.elapsed();
         let unrouted = self.route_metrics.len() - 1;
         self.route_metrics[report.route_index.unwrap_or(unrouted)].record(report.outcome, elapsed.as_secs_f64());
-        tracing::info!(
-            route = %report.route,
-            key = report.key.as_deref(),
-            outcome = report.outcome.as_str(),
-            method = %method,
-            status = response.status().as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
+        report.log(&method, response.status(), elapsed, error.as_deref());
         response
+    }
+
+    /// Stage `route`, after the framing checks every request gets.
+    fn route(&self, req: &Request<Incoming>) -> Result<RouteMatch, Problem> {
+        check_framing(req)?;
+        Ok(self.router.route(req.method(), req.uri().path())?)
     }
 
     /// A matched route: everything between `route` and `respond`.
