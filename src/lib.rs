@@ -22,7 +22,8 @@
 //! # Modules
 //! [`preset`] holds what each provider's route needs; [`config`] parses and validates the YAML; [`server`] owns listeners, limits and the drain;
 //! [`admin`] serves health, readiness, metrics and key administration; [`metrics`] and
-//! [`telemetry`] say what happened.
+//! [`telemetry`] say what happened. [`store`] holds the backends: SQLite for one pod,
+//! PostgreSQL or Redis shared by several replicas, behind one trait and one behavioural suite.
 
 pub mod admin;
 pub mod config;
