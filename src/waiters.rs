@@ -3,7 +3,7 @@
 //! The owner of a claim wakes the key's waiters once its outcome is durable (completed or
 //! released); each waiter then claims again, so it sees only what the store says: a stored
 //! response to replay, or a released key that exactly one of them wins. A waiter also looks
-//! again every [`POLL`], because the holder may be another process whose lease has ended.
+//! again every `POLL`, because the holder may be another process whose lease has ended.
 
 use crate::store::RecordId;
 use std::collections::HashMap;
