@@ -70,68 +70,24 @@
 //! `TCP_USER_TIMEOUT` make a silently vanished server (no reset) count as a dropped connection
 //! within seconds instead of minutes.
 
+mod fields;
+mod scripts;
 #[cfg(test)]
 mod tests;
 
-use super::{Claim, ClaimOutcome, Completed, Record, RecordId, State, Store, StoreError, StoreFuture, StoredResponse};
+use fields::{bytes, claim_outcome, field_pairs, int};
+use scripts::{CLAIM, COMPLETE, RELEASE};
+
+use super::{Claim, ClaimOutcome, Completed, Record, RecordId, State, Store, StoreError, StoreFuture};
 use crate::config::RedisConfig;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::io::tcp::TcpSettings;
 use ::redis::io::tcp::socket2::TcpKeepalive;
-use ::redis::{Cmd, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value, cmd};
-use bytes::Bytes;
+use ::redis::{Cmd, IntoConnectionInfo, RedisError, ScriptInvocation, Value, cmd};
+
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// `KEYS[1]` the record; `ARGV`: token, fingerprint (empty for none), created_ms, expires_ms,
-/// lease_ms. Returns 1 if the key was taken, else the holder's hash (HGETALL).
-const CLAIM_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('HGETALL', KEYS[1])
-end
-redis.call('HSET', KEYS[1], 'state', '0', 'token', ARGV[1], 'created_ms', ARGV[3], 'expires_ms', ARGV[4])
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
-";
-
-/// `KEYS[1]` the record; `ARGV`: token, status, headers, body, body_omitted, expires_ms, ttl_ms,
-/// retry. Completes the record if it is in flight under `token` (1), else 0. A retry (`retry` is
-/// `1`) after a dropped connection also answers 1 if the record is already completed under
-/// `token`: the first attempt was applied.
-const COMPLETE_LUA: &str = r"
-local held = redis.call('HMGET', KEYS[1], 'state', 'token')
-if held[2] ~= ARGV[1] then
-  return 0
-end
-if held[1] == '1' and ARGV[8] == '1' then
-  return 1
-end
-if held[1] ~= '0' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', '1', 'status', ARGV[2], 'headers', ARGV[3], 'body', ARGV[4],
-  'body_omitted', ARGV[5], 'expires_ms', ARGV[6])
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-return 1
-";
-
-/// `KEYS[1]` the record; `ARGV[1]` the token. Deletes the record if it is in flight under the
-/// token; returns how many keys were deleted.
-const RELEASE_LUA: &str = r"
-local held = redis.call('HMGET', KEYS[1], 'state', 'token')
-if held[1] == '0' and held[2] == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_LUA));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Expiries are clamped to this (about 142 years), far inside what `PEXPIRE` accepts.
 const MAX_EXPIRY_MS: i64 = 1 << 52;
@@ -289,129 +245,6 @@ fn unavailable(what: &str, e: &RedisError) -> StoreError {
 
 fn malformed(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("redis {what}: unexpected answer: {detail}"))
-}
-
-/// A record's fields as Redis returned them.
-#[derive(Default)]
-struct Fields {
-    state: Option<Vec<u8>>,
-    token: Option<Vec<u8>>,
-    fingerprint: Option<Vec<u8>>,
-    created_ms: Option<Vec<u8>>,
-    expires_ms: Option<Vec<u8>>,
-    status: Option<Vec<u8>>,
-    headers: Option<Vec<u8>>,
-    body: Option<Vec<u8>>,
-    body_omitted: Option<Vec<u8>>,
-}
-
-impl Fields {
-    fn from_value(value: Value) -> Result<Fields, String> {
-        let mut f = Fields::default();
-        for (name, value) in field_pairs(value)? {
-            let slot = match name.as_slice() {
-                b"state" => &mut f.state,
-                b"token" => &mut f.token,
-                b"fingerprint" => &mut f.fingerprint,
-                b"created_ms" => &mut f.created_ms,
-                b"expires_ms" => &mut f.expires_ms,
-                b"status" => &mut f.status,
-                b"headers" => &mut f.headers,
-                b"body" => &mut f.body,
-                b"body_omitted" => &mut f.body_omitted,
-                _ => continue,
-            };
-            *slot = Some(value);
-        }
-        Ok(f)
-    }
-
-    fn in_flight(&self) -> Result<bool, String> {
-        match self.state.as_deref() {
-            Some(b"0") => Ok(true),
-            Some(b"1") => Ok(false),
-            Some(other) => Err(format!("state {:?}", String::from_utf8_lossy(other))),
-            None => Err("the record has no state".into()),
-        }
-    }
-
-    /// What a claim found: the holder, completed or in flight.
-    fn holder(self) -> Result<ClaimOutcome, String> {
-        let fingerprint = self.fingerprint.as_deref().and_then(|f| f.try_into().ok());
-        let expires_ms = int(self.expires_ms.as_deref(), "expires_ms")?;
-        if self.in_flight()? {
-            return Ok(ClaimOutcome::InFlight { fingerprint, expires_ms });
-        }
-        let status = match self.status.as_deref() {
-            Some(s) => int(Some(s), "status")?.try_into().map_err(|_| "status out of range".to_string())?,
-            None => 500,
-        };
-        Ok(ClaimOutcome::Completed(Arc::new(Completed {
-            fingerprint,
-            created_ms: int(self.created_ms.as_deref(), "created_ms")?,
-            expires_ms,
-            response: StoredResponse {
-                status,
-                headers: StoredResponse::decode_headers(self.headers.as_deref().unwrap_or_default()),
-                body: Bytes::from(self.body.unwrap_or_default()),
-                body_omitted: self.body_omitted.as_deref() == Some(b"1"),
-            },
-        })))
-    }
-}
-
-/// A hash field (or config setting) and its value.
-type Pair = (Vec<u8>, Vec<u8>);
-
-/// The name/value pairs of a hash or `CONFIG GET` reply (a flat array, or a RESP3 map).
-fn field_pairs(value: Value) -> Result<Vec<Pair>, String> {
-    let pairs: Vec<(Value, Value)> = match value {
-        Value::Map(pairs) => pairs,
-        Value::Array(items) if items.len() % 2 == 0 => {
-            let mut items = items.into_iter();
-            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
-        }
-        other => return Err(format!("expected a hash, got {other:?}")),
-    };
-    pairs
-        .into_iter()
-        .map(|(name, value)| match (bytes(name), bytes(value)) {
-            (Some(name), Some(value)) => Ok((name, value)),
-            _ => Err("a hash field that is not a string".to_string()),
-        })
-        .collect()
-}
-
-fn bytes(value: Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::Int(i) => Some(i.to_string().into_bytes()),
-        Value::Okay => Some(b"OK".to_vec()),
-        _ => None,
-    }
-}
-
-fn int(field: Option<&[u8]>, name: &str) -> Result<i64, String> {
-    let raw = field.ok_or_else(|| format!("the record has no {name}"))?;
-    std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()).ok_or_else(|| format!("{name} is not a number"))
-}
-
-/// What the claim script's answer means: 1 is ours, a hash is the holder. A retry that finds its
-/// own token in flight is ours too: the first attempt took the key before the connection dropped.
-fn claim_outcome(answer: Value, token: u64, retried: bool) -> Result<ClaimOutcome, StoreError> {
-    match answer {
-        Value::Int(1) => Ok(ClaimOutcome::Claimed { token }),
-        hash @ (Value::Array(_) | Value::Map(_)) => {
-            let fields = Fields::from_value(hash).map_err(|e| malformed("claim", e))?;
-            let ours = fields.token.as_deref() == Some(token.to_string().as_bytes());
-            if retried && ours && fields.in_flight().unwrap_or(false) {
-                return Ok(ClaimOutcome::Claimed { token });
-            }
-            fields.holder().map_err(|e| malformed("claim", e))
-        }
-        other => Err(malformed("claim", format!("{other:?}"))),
-    }
 }
 
 fn boxed<T, F>(f: F) -> StoreFuture<T>

@@ -5,7 +5,8 @@
 use super::*;
 use crate::config::Dur;
 use crate::fingerprint::Fingerprint;
-use crate::store::now_ms;
+use crate::store::{StoredResponse, now_ms};
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use std::time::Instant;
 

@@ -1,0 +1,53 @@
+//! The Lua scripts: each runs atomically on the one key of a record.
+
+use ::redis::Script;
+use std::sync::LazyLock;
+
+/// `KEYS[1]` the record; `ARGV`: token, fingerprint (empty for none), created_ms, expires_ms,
+/// lease_ms. Returns 1 if the key was taken, else the holder's hash (HGETALL).
+const CLAIM_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HGETALL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], 'state', '0', 'token', ARGV[1], 'created_ms', ARGV[3], 'expires_ms', ARGV[4])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+";
+
+/// `KEYS[1]` the record; `ARGV`: token, status, headers, body, body_omitted, expires_ms, ttl_ms,
+/// retry. Completes the record if it is in flight under `token` (1), else 0. A retry (`retry` is
+/// `1`) after a dropped connection also answers 1 if the record is already completed under
+/// `token`: the first attempt was applied.
+const COMPLETE_LUA: &str = r"
+local held = redis.call('HMGET', KEYS[1], 'state', 'token')
+if held[2] ~= ARGV[1] then
+  return 0
+end
+if held[1] == '1' and ARGV[8] == '1' then
+  return 1
+end
+if held[1] ~= '0' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', '1', 'status', ARGV[2], 'headers', ARGV[3], 'body', ARGV[4],
+  'body_omitted', ARGV[5], 'expires_ms', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return 1
+";
+
+/// `KEYS[1]` the record; `ARGV[1]` the token. Deletes the record if it is in flight under the
+/// token; returns how many keys were deleted.
+const RELEASE_LUA: &str = r"
+local held = redis.call('HMGET', KEYS[1], 'state', 'token')
+if held[1] == '0' and held[2] == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_LUA));
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
