@@ -66,6 +66,11 @@ pub struct RouteLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
 }
@@ -98,6 +103,11 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub swept: Counter,
+    /// Completed records pushed out of memory by the byte bound (not by their ttl).
+    pub cache_evictions: Counter,
+    pub store_records: Gauge,
+    pub store_bytes: Gauge,
+    pub store_wal_bytes: Gauge,
     /// A completion refused because the claim's lease had ended and another request took the key.
     pub lost_claims: Counter,
 }
@@ -121,7 +131,10 @@ impl Metrics {
         let upstream_seconds = latency_histogram();
         let store_seconds: OpHistogramFamily = Family::new_with_constructor(latency_histogram);
         let inflight_claims = Gauge::default();
-        let (cache_hits, cache_misses, swept, lost_claims) = Default::default();
+        let (cache_hits, cache_misses, swept, lost_claims, cache_evictions) = Default::default();
+        let (store_records, store_bytes, store_wal_bytes): (Gauge, Gauge, Gauge) = Default::default();
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("idemgate_requests", "Requests on the proxy listener by route and outcome", requests.clone());
         registry.register(
             "idemgate_request_duration_seconds",
@@ -146,6 +159,19 @@ impl Metrics {
         registry.register("idemgate_cache_hits", "Completed keys answered from memory", Counter::clone(&cache_hits));
         registry.register("idemgate_cache_misses", "Lookups that went to the store", Counter::clone(&cache_misses));
         registry.register("idemgate_swept_records", "Expired records deleted by the sweeper", Counter::clone(&swept));
+        registry.register("idemgate_build_info", "The running idemgate's version", build_info);
+        registry.register(
+            "idemgate_cache_evictions",
+            "Completed records evicted from memory by the byte bound",
+            Counter::clone(&cache_evictions),
+        );
+        registry.register("idemgate_store_records", "Records in the store (SQLite)", store_records.clone());
+        registry.register(
+            "idemgate_store_bytes",
+            "Store size on disk, write-ahead log included (SQLite)",
+            store_bytes.clone(),
+        );
+        registry.register("idemgate_store_wal_bytes", "Write-ahead log size (SQLite)", store_wal_bytes.clone());
         registry.register(
             "idemgate_lost_claims",
             "Completions refused because the lease had ended and the key was taken over",
@@ -162,6 +188,10 @@ impl Metrics {
             cache_misses,
             swept,
             lost_claims,
+            cache_evictions,
+            store_records,
+            store_bytes,
+            store_wal_bytes,
         }
     }
 

@@ -66,7 +66,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let router = Router::from_config(&config).map_err(StartError::Config)?;
     let upstream = Upstream::new(&config.upstream).map_err(StartError::Config)?;
     let backend = open_store(&config.store).await?;
-    let records = Records::new(backend.clone(), CompletedCache::new(config.store.cache.max_bytes.0), metrics.clone());
+    let records = Records::new(
+        backend.clone(),
+        CompletedCache::new(config.store.cache.max_bytes.0, metrics.cache_evictions.clone()),
+        metrics.clone(),
+    );
     let pipeline = Arc::new(Pipeline::new(router, records, upstream, metrics.clone()));
     let admin = Arc::new(Admin::new(pipeline.clone(), metrics.clone(), config.admin.token.clone()));
 

@@ -102,3 +102,29 @@ async fn the_admin_token_guards_key_administration_only() {
     assert_eq!(proxy.admin.get("/healthz").await.status, 200, "probes need no token");
     assert_eq!(proxy.admin.get("/metrics").await.status, 200);
 }
+
+#[tokio::test]
+async fn metrics_show_the_build_the_store_size_and_cache_evictions() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &format!("store: {{ cache: {{ max_bytes: 4KiB }} }}\n{HEADER_ROUTE}")).await;
+    let text = String::from_utf8(proxy.admin.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(text.contains(&format!("idemgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
+    for i in 0..20 {
+        proxy.post("/hooks/a", &[("idempotency-key", &format!("e{i}"))], "{}").await;
+    }
+    // A 4 KiB cache holds about three records: the others are evicted by the byte bound. Eviction
+    // is reported by the cache's housekeeping and the store is measured by the sweeper, both in
+    // the background: poll, bounded.
+    let measured = common::eventually(std::time::Duration::from_secs(10), || async {
+        proxy.post("/hooks/a", &[("idempotency-key", "e0")], "{}").await;
+        proxy.metric("idemgate_cache_evictions_total").await > 0.0 && proxy.metric("idemgate_store_bytes").await > 0.0
+    })
+    .await;
+    assert!(
+        measured,
+        "evictions {} store bytes {}",
+        proxy.metric("idemgate_cache_evictions_total").await,
+        proxy.metric("idemgate_store_bytes").await
+    );
+    assert_eq!(app.count("e0"), 1, "an evicted record is still replayed, from the store");
+}

@@ -26,8 +26,14 @@ impl moka::Expiry<String, Arc<Completed>> for UntilRecordExpiry {
 }
 
 impl CompletedCache {
-    pub fn new(max_bytes: u64) -> CompletedCache {
+    /// `evictions` counts records pushed out by the byte bound (expiry is not an eviction).
+    pub fn new(max_bytes: u64, evictions: prometheus_client::metrics::counter::Counter) -> CompletedCache {
         let inner = Cache::builder()
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .max_capacity(max_bytes)
             .weigher(|k: &String, v: &Arc<Completed>| (k.len() + v.response.weight()).try_into().unwrap_or(u32::MAX))
             .expire_after(UntilRecordExpiry)

@@ -51,6 +51,19 @@ pub trait Store: Send + Sync + 'static {
     fn check_writable(&self) -> StoreFuture<()>;
     /// Finishes queued work and closes the backend.
     fn close(&self) -> StoreFuture<()>;
+    /// How many records, and how many bytes on disk, where the backend can tell cheaply.
+    fn stats(&self) -> StoreFuture<Option<StoreStats>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// The store's size, for the `idemgate_store_*` gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub records: u64,
+    /// The database with its write-ahead log.
+    pub bytes: u64,
+    pub wal_bytes: u64,
 }
 
 /// The store as the pipeline sees it: cache first for completed keys, backend for the rest.

@@ -1,4 +1,4 @@
-//! Background upkeep: delete expired records in bounded batches.
+//! Background upkeep: delete expired records in bounded batches, then measure the store.
 //!
 //! Expired records are already ignored by claims (they are taken over), so sweeping only reclaims
 //! space. Small batches keep each write transaction short, so requests queued behind the sweeper
@@ -33,6 +33,11 @@ pub fn spawn_sweeper(store: Arc<dyn Store>, every: Duration, metrics: Arc<crate:
                         break;
                     }
                 }
+            }
+            if let Ok(Some(stats)) = store.stats().await {
+                metrics.store_records.set(stats.records as i64);
+                metrics.store_bytes.set(stats.bytes as i64);
+                metrics.store_wal_bytes.set(stats.wal_bytes as i64);
             }
         }
     })

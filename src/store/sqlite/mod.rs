@@ -82,6 +82,7 @@ type Synced = (oneshot::Sender<Result<Outcome, StoreError>>, Outcome);
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    path: Arc<std::path::PathBuf>,
 }
 
 impl SqliteStore {
@@ -98,7 +99,11 @@ impl SqliteStore {
             .name("idemgate-sqlite".into())
             .spawn(move || writer::run_writer(conn, wal, checkpoints, rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { jobs, writer: Arc::new(std::sync::Mutex::new(Some(writer))) })
+        Ok(SqliteStore {
+            jobs,
+            writer: Arc::new(std::sync::Mutex::new(Some(writer))),
+            path: Arc::new(path.to_path_buf()),
+        })
     }
 
     fn submit(&self, op: Op) -> StoreFuture<Outcome> {
@@ -176,6 +181,28 @@ impl Store for SqliteStore {
                 let _ = tokio::task::spawn_blocking(move || handle.join()).await;
             }
             Ok(())
+        })
+    }
+    /// Counted on a connection of its own, off the writer thread: WAL readers never block it.
+    fn stats(&self) -> StoreFuture<Option<super::StoreStats>> {
+        let path = self.path.clone();
+        Box::pin(async move {
+            let count = tokio::task::spawn_blocking(move || {
+                let conn = Connection::open_with_flags(&*path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                let records: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
+                let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                let wal_bytes = size(std::path::Path::new(&format!("{}-wal", path.display())));
+                Ok::<_, rusqlite::Error>(super::StoreStats {
+                    records: records as u64,
+                    bytes: size(&path) + wal_bytes,
+                    wal_bytes,
+                })
+            });
+            match count.await {
+                Ok(Ok(stats)) => Ok(Some(stats)),
+                Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+                Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            }
         })
     }
 }
