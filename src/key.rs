@@ -130,6 +130,16 @@ impl KeyExtractor {
         Ok(Some(value))
     }
 
+    /// A scope value: hashed before it is stored, so anything a header can carry is fine
+    /// (`Authorization: Bearer ...` has a space); only its length is bounded.
+    pub fn extract_scope(&self, req: &RequestView<'_>, max_len: usize) -> Result<Option<String>, KeyError> {
+        let Some((value, origin)) = self.raw(req)? else { return Ok(None) };
+        if value.len() > max_len {
+            return Err(KeyError::TooLong(origin, max_len));
+        }
+        Ok(Some(value))
+    }
+
     /// The raw value and a description of where it came from, for error messages.
     fn raw(&self, req: &RequestView<'_>) -> Result<Option<(String, String)>, KeyError> {
         let found = match self {

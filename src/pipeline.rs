@@ -9,7 +9,7 @@
 //!
 //! Unmatched requests skip everything after `route` and are streamed to the app untouched.
 
-use crate::config::{Concurrent, MissingKey};
+use crate::config::{Concurrent, KeyLogging, MissingKey};
 use crate::decide::{Decision, decide};
 use crate::error::{Body, Problem};
 use crate::fingerprint::Fingerprint;
@@ -42,6 +42,7 @@ pub struct Pipeline {
     /// Per route, by `Route::index`; the last entry is for requests on no route ("-").
     route_metrics: Vec<RouteMetrics>,
     tokens: Tokens,
+    key_logging: KeyLogging,
     /// Exchanges run on tasks of their own (they outlive a client that goes away); the drain
     /// waits for them, so a graceful stop never leaves an answered key uncommitted.
     exchanges: TaskTracker,
@@ -61,17 +62,32 @@ struct Report {
     route_index: Option<usize>,
     key: Option<String>,
     outcome: Outcome,
+    /// The W3C trace id from the client's `traceparent`, to find the request in the app's traces.
+    trace_id: Option<String>,
 }
 
 impl Report {
     /// The request's one log line; a failure of idemgate's own (5xx) at warn, with its cause.
-    fn log(&self, method: &http::Method, status: http::StatusCode, elapsed: std::time::Duration, error: Option<&str>) {
-        let (route, key, outcome) = (&*self.route, self.key.as_deref(), self.outcome.as_str());
+    fn log(
+        &self,
+        keys: KeyLogging,
+        method: &http::Method,
+        status: http::StatusCode,
+        elapsed: std::time::Duration,
+        error: Option<&str>,
+    ) {
+        let key = self.key.as_deref().and_then(|k| match keys {
+            KeyLogging::Shown => Some(k.to_string()),
+            KeyLogging::Hashed => Some(hex(&Sha256::digest(k.as_bytes())[..8])),
+            KeyLogging::Hidden => None,
+        });
+        let (route, key, outcome, trace_id) =
+            (&*self.route, key.as_deref(), self.outcome.as_str(), self.trace_id.as_deref());
         let (status, duration_ms) = (status.as_u16(), elapsed.as_secs_f64() * 1000.0);
         if status >= 500 && error.is_some() {
-            tracing::warn!(route, key, outcome, %method, status, duration_ms, error, "request");
+            tracing::warn!(route, key, outcome, %method, status, duration_ms, trace_id, error, "request");
         } else {
-            tracing::info!(route, key, outcome, %method, status, duration_ms, error, "request");
+            tracing::info!(route, key, outcome, %method, status, duration_ms, trace_id, error, "request");
         }
     }
 }
@@ -79,7 +95,13 @@ impl Report {
 type Answer = Result<Response<Body>, Problem>;
 
 impl Pipeline {
-    pub fn new(router: Router, records: Records, upstream: Upstream, metrics: Arc<Metrics>) -> Pipeline {
+    pub fn new(
+        router: Router,
+        records: Records,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+        key_logging: KeyLogging,
+    ) -> Pipeline {
         let names = router.routes().iter().map(|r| &*r.name).chain(["-"]);
         let route_metrics = names.map(|name| metrics.route(name)).collect();
         Pipeline {
@@ -90,6 +112,7 @@ impl Pipeline {
             metrics,
             route_metrics,
             tokens: Tokens::default(),
+            key_logging,
             exchanges: TaskTracker::new(),
         }
     }
@@ -98,7 +121,9 @@ impl Pipeline {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
-        let mut report = Report { route: "-".into(), route_index: None, key: None, outcome: Outcome::passthrough };
+        let trace_id = trace_id(req.headers());
+        let mut report =
+            Report { route: "-".into(), route_index: None, key: None, outcome: Outcome::passthrough, trace_id };
         let answer = match self.route(&req) {
             Err(problem) => Err(problem),
             Ok(RouteMatch::Unmatched) => self.pass_through(req, client).await,
@@ -119,7 +144,7 @@ impl Pipeline {
         let elapsed = start.elapsed();
         let unrouted = self.route_metrics.len() - 1;
         self.route_metrics[report.route_index.unwrap_or(unrouted)].record(report.outcome, elapsed.as_secs_f64());
-        report.log(&method, response.status(), elapsed, error.as_deref());
+        report.log(self.key_logging, &method, response.status(), elapsed, error.as_deref());
         response
     }
 
@@ -341,7 +366,8 @@ fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordI
     let scope = match &route.scope {
         None => String::new(),
         Some(scope) => {
-            let value = scope.extract(&view, SCOPE_MAX)?.ok_or_else(|| Problem::MissingScope(scope.describe()))?;
+            let value =
+                scope.extract_scope(&view, SCOPE_MAX)?.ok_or_else(|| Problem::MissingScope(scope.describe()))?;
             // Scopes are often credentials (Authorization): only a digest is kept.
             hex(&Sha256::digest(value.as_bytes()))
         }
@@ -356,6 +382,16 @@ const SCOPE_MAX: usize = 8192;
 fn fingerprint(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Fingerprint>, Problem> {
     let view = RequestView::new(&parts.headers, parts.uri.query(), body);
     Ok(route.fingerprint.compute(&view)?)
+}
+
+/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), else none.
+fn trace_id(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex_of = |s: &str, n| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let valid = hex_of(version, 2) && version != "ff" && hex_of(trace, 32) && hex_of(parent, 16) && hex_of(flags, 2);
+    (valid && trace.bytes().any(|b| b != b'0')).then(|| trace.to_string())
 }
 
 pub fn hex(bytes: &[u8]) -> String {

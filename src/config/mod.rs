@@ -63,12 +63,25 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// How request log lines show idempotency keys.
+    pub keys: KeyLogging,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Json, level: "info".into() }
+        Self { format: LogFormat::Json, level: "info".into(), keys: KeyLogging::Shown }
     }
+}
+
+/// `shown`: the key as received; `hashed`: the first 16 hex digits of its SHA-256 (lines of one
+/// key still match each other); `hidden`: no key in logs.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyLogging {
+    #[default]
+    Shown,
+    Hashed,
+    Hidden,
 }
 
 #[derive(Debug, Clone, Deserialize)]
