@@ -12,15 +12,13 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 async fn lines_for(keys: &str) -> Vec<serde_json::Value> {
     let app = TestApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let routes = format!(
-        "routes:
+    let routes = "routes:
   - name: api
-    match: {{ path_prefix: /api/ }}
-    key: {{ header: Idempotency-Key }}
-    scope: {{ header: Authorization }}
-"
-    );
-    let yaml = config_yaml(&app.url(), &dir.path().join("db"), &routes)
+    match: { path_prefix: /api/ }
+    key: { header: Idempotency-Key }
+    scope: { header: Authorization }
+";
+    let yaml = config_yaml(&app.url(), &dir.path().join("db"), routes)
         .replace("log: { level: warn }", &format!("log: {{ level: info, keys: {keys} }}"));
     let file = dir.path().join("idemgate.yaml");
     std::fs::write(&file, yaml).unwrap();
