@@ -82,6 +82,8 @@ type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 pub struct RouteMetrics {
     outcomes: [Counter; Outcome::ALL.len()],
     seconds: Histogram,
+    /// The app's answers by status class, 1xx to 5xx.
+    app_classes: [Counter; 5],
 }
 
 impl RouteMetrics {
@@ -89,12 +91,26 @@ impl RouteMetrics {
         self.outcomes[outcome as usize].inc();
         self.seconds.observe(seconds);
     }
+
+    /// An answer that came from the app just now (not a replay, not idemgate's own).
+    pub fn app_answered(&self, status: http::StatusCode) {
+        if let Some(counter) = self.app_classes.get((status.as_u16() / 100).wrapping_sub(1) as usize) {
+            counter.inc();
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub route: String,
+    pub class: &'static str,
 }
 type OpHistogramFamily = Family<OpLabel, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub app_responses: Family<ClassLabels, Counter>,
     pub request_seconds: HistogramFamily,
     pub upstream_seconds: Histogram,
     /// By operation: claim, complete, release, get, delete.
@@ -127,6 +143,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
+        let app_responses = Family::<ClassLabels, Counter>::default();
         let request_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let upstream_seconds = latency_histogram();
         let store_seconds: OpHistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -136,6 +153,11 @@ impl Metrics {
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("idemgate_requests", "Requests on the proxy listener by route and outcome", requests.clone());
+        registry.register(
+            "idemgate_app_responses",
+            "The app's answers to forwarded and passed-through requests, by route and status class",
+            app_responses.clone(),
+        );
         registry.register(
             "idemgate_request_duration_seconds",
             "Time from request head to response head, by route",
@@ -180,6 +202,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            app_responses,
             request_seconds,
             upstream_seconds,
             store_seconds,
@@ -199,9 +222,11 @@ impl Metrics {
     /// and every outcome's series exists (at 0) from the start.
     pub fn route(&self, route: &str) -> RouteMetrics {
         let counter = |outcome| self.requests.get_or_create_owned(&RequestLabels { route: route.to_string(), outcome });
+        let class = |class| self.app_responses.get_or_create_owned(&ClassLabels { route: route.to_string(), class });
         RouteMetrics {
             outcomes: Outcome::ALL.map(counter),
             seconds: self.request_seconds.get_or_create_owned(&RouteLabel { route: route.to_string() }),
+            app_classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
         }
     }
 

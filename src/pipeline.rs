@@ -143,7 +143,11 @@ impl Pipeline {
         };
         let elapsed = start.elapsed();
         let unrouted = self.route_metrics.len() - 1;
-        self.route_metrics[report.route_index.unwrap_or(unrouted)].record(report.outcome, elapsed.as_secs_f64());
+        let metrics = &self.route_metrics[report.route_index.unwrap_or(unrouted)];
+        metrics.record(report.outcome, elapsed.as_secs_f64());
+        if error.is_none() && matches!(report.outcome, Outcome::forwarded | Outcome::passthrough) {
+            metrics.app_answered(response.status());
+        }
         report.log(self.key_logging, &method, response.status(), elapsed, error.as_deref());
         response
     }

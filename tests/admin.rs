@@ -32,6 +32,13 @@ async fn metrics_count_requests_by_route_and_outcome() {
     assert_eq!(counted("rejected", "hooks").await, 1.0);
     assert_eq!(counted("passthrough", "-").await, 1.0);
     assert_eq!(proxy.metric("idemgate_cache_hits_total").await, 2.0, "replays came from memory");
+    let class = |class: &'static str, route: &'static str| {
+        let proxy = &proxy;
+        async move { proxy.metric(&format!("idemgate_app_responses_total{{route=\"{route}\",class=\"{class}\"}}")).await }
+    };
+    assert_eq!(class("2xx", "hooks").await, 1.0, "replays are not the app's answers");
+    assert_eq!(class("5xx", "hooks").await, 1.0, "the app's own 500");
+    assert_eq!(class("2xx", "-").await, 1.0);
     let text = String::from_utf8(proxy.admin.get("/metrics").await.body.to_vec()).unwrap();
     for name in [
         "idemgate_request_duration_seconds_bucket",
@@ -106,7 +113,10 @@ async fn the_admin_token_guards_key_administration_only() {
 #[tokio::test]
 async fn metrics_show_the_build_the_store_size_and_cache_evictions() {
     let app = TestApp::start().await;
-    let proxy = TestProxy::start(&app, &format!("store: {{ cache: {{ max_bytes: 4KiB }} }}\n{HEADER_ROUTE}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idemgate.db");
+    let store = format!("store: {{ sqlite: {{ path: {} }}, cache: {{ max_bytes: 4KiB }} }}\n", db.display());
+    let proxy = TestProxy::start_in(dir, db, &app.url(), &format!("{store}{HEADER_ROUTE}")).await;
     let text = String::from_utf8(proxy.admin.get("/metrics").await.body.to_vec()).unwrap();
     assert!(text.contains(&format!("idemgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
     for i in 0..20 {
