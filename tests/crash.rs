@@ -2,9 +2,8 @@
 
 mod common;
 
-use common::child::ChildProxy;
-use common::{TestApp, TestClient, config_yaml, eventually};
-use std::path::{Path, PathBuf};
+use common::child::{ChildProxy, write_config};
+use common::{TestApp, TestClient, eventually};
 use std::time::Duration;
 
 const ROUTES: &str = "routes:
@@ -14,19 +13,11 @@ const ROUTES: &str = "routes:
     lease: 3s
 ";
 
-/// A config for a child proxy: ports 0, logs at info (the harness reads the "listening" line).
-pub fn child_config(dir: &Path, app: &TestApp) -> PathBuf {
-    let file = dir.join("idemgate.yaml");
-    let yaml = config_yaml(&app.url(), &dir.join("idemgate.db"), ROUTES).replace("level: warn", "level: info");
-    std::fs::write(&file, yaml).unwrap();
-    file
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completed_keys_survive_sigkill_and_are_replayed_after_restart() {
     let app = TestApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = child_config(dir.path(), &app);
+    let config = write_config(dir.path(), &app.url(), ROUTES);
 
     let proxy = ChildProxy::spawn(&config);
     let client = TestClient::new(proxy.proxy_addr);
@@ -64,7 +55,7 @@ async fn completed_keys_survive_sigkill_and_are_replayed_after_restart() {
 async fn a_key_killed_mid_flight_is_blocked_until_its_lease_ends_then_forwarded_once_more() {
     let app = TestApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = child_config(dir.path(), &app);
+    let config = write_config(dir.path(), &app.url(), ROUTES);
 
     let proxy = ChildProxy::spawn(&config);
     let client = TestClient::new(proxy.proxy_addr);

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::child::ChildProxy;
-use common::{TestApp, TestClient, config_yaml};
+use common::child::{ChildProxy, write_config};
+use common::{TestApp, TestClient};
 use std::time::Duration;
 
 /// Says so on the terminal even though the test harness captures output: a skipped backend must
@@ -42,9 +42,7 @@ routes:
     lease: 3s
 "
     );
-    let yaml = config_yaml(&app.url(), &dir.join("unused.db"), &routes).replace("level: warn", "level: info");
-    let file = dir.join("idemgate.yaml");
-    std::fs::write(&file, yaml).unwrap();
+    let file = write_config(dir, &app.url(), &routes);
     (ChildProxy::spawn(&file), ChildProxy::spawn(&file))
 }
 

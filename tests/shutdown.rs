@@ -2,28 +2,22 @@
 
 mod common;
 
-use common::child::ChildProxy;
-use common::{TestApp, TestClient, config_yaml};
+use common::child::{ChildProxy, write_config};
+use common::{TestApp, TestClient};
 use std::time::Duration;
 
-fn write_config(dir: &std::path::Path, app: &TestApp) -> std::path::PathBuf {
-    let routes = "server: { shutdown_grace: 10s }
+const ROUTES: &str = "server: { shutdown_grace: 10s }
 routes:
   - name: hooks
     match: { path_prefix: /hooks/ }
     key: { header: Idempotency-Key }
 ";
-    let file = dir.join("idemgate.yaml");
-    let yaml = config_yaml(&app.url(), &dir.join("idemgate.db"), routes).replace("level: warn", "level: info");
-    std::fs::write(&file, yaml).unwrap();
-    file
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight_and_exits_0() {
     let app = TestApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &app);
+    let config = write_config(dir.path(), &app.url(), ROUTES);
     let proxy = ChildProxy::spawn(&config);
     let client = TestClient::new(proxy.proxy_addr);
     let admin = TestClient::new(proxy.admin_addr);
@@ -62,7 +56,7 @@ async fn sigterm_drains_requests_in_flight_and_exits_0() {
 async fn the_drain_waits_for_an_exchange_whose_client_went_away() {
     let app = TestApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &app);
+    let config = write_config(dir.path(), &app.url(), ROUTES);
     let proxy = ChildProxy::spawn(&config);
     let client = TestClient::new(proxy.proxy_addr);
 

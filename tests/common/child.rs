@@ -7,6 +7,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Writes a config for a child proxy into `dir`: ports 0, the SQLite file beside it, logs at info
+/// (the harness reads the "listening" line); `body` as for [`super::config_yaml`].
+pub fn write_config(dir: &Path, upstream: &str, body: &str) -> std::path::PathBuf {
+    let file = dir.join("idemgate.yaml");
+    let yaml = super::config_yaml(upstream, &dir.join("idemgate.db"), body).replace("level: warn", "level: info");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
 pub struct ChildProxy {
     pub child: Child,
     pub proxy_addr: SocketAddr,
