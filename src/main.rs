@@ -80,7 +80,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return invalid(&e),
     };
-    idemgate::telemetry::init(&cfg.log);
+    let telemetry = idemgate::telemetry::init(&cfg.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -88,7 +88,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let running = match idemgate::server::start(cfg).await {
             Ok(running) => running,
             Err(e) => {
@@ -99,7 +99,11 @@ fn serve(path: &std::path::Path) -> ExitCode {
         wait_for_signal().await;
         running.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Outside the runtime: the exporter's last flush blocks.
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }
 
 async fn wait_for_signal() {

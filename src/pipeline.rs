@@ -31,6 +31,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 /// Shared by every connection: the routes, the store, the app client.
 pub struct Pipeline {
@@ -119,6 +121,20 @@ impl Pipeline {
 
     /// Entry point for every request on the proxy listener. Logs one line and counts one outcome.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        // Debug level: spans exist only when traces are exported (the `otel` feature).
+        let span = tracing::debug_span!("request", route = Empty, outcome = Empty, status = Empty);
+        crate::telemetry::continue_trace(&span, req.headers());
+        let response = self.handle_in(req, client, &span).instrument(span.clone()).await;
+        span.record("status", response.status().as_u16());
+        response
+    }
+
+    async fn handle_in(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        span: &tracing::Span,
+    ) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
         let trace_id = trace_id(req.headers());
@@ -148,6 +164,7 @@ impl Pipeline {
         if error.is_none() && matches!(report.outcome, Outcome::forwarded | Outcome::passthrough) {
             metrics.app_answered(response.status());
         }
+        span.record("route", &*report.route).record("outcome", report.outcome.as_str());
         report.log(self.key_logging, &method, response.status(), elapsed, error.as_deref());
         response
     }
@@ -183,9 +200,10 @@ impl Pipeline {
         loop {
             // Subscribed before the claim, so a wake between the claim and the wait is not lost.
             let waiting = (route.policy.concurrent == Concurrent::Wait).then(|| self.waiters.subscribe(&id));
-            match self.claim(&route, &id, fingerprint).await? {
+            match self.claim(&route, &id, fingerprint).instrument(tracing::debug_span!("claim")).await? {
                 Decision::Replay(done) => {
                     report.outcome = Outcome::replayed;
+                    tracing::debug!(target: crate::telemetry::SPAN_EVENTS, "replay");
                     return Ok(replay::replay(&done.response));
                 }
                 Decision::Mismatch => return Err(Problem::Mismatch),
@@ -205,7 +223,7 @@ impl Pipeline {
                     let exchange = self.clone().exchange(claimed, parts, body, client);
                     return self
                         .exchanges
-                        .spawn(exchange)
+                        .spawn(exchange.in_current_span())
                         .await
                         .unwrap_or_else(|e| Err(Problem::BadRequest(format!("internal error: {e}"))));
                 }
@@ -235,8 +253,9 @@ impl Pipeline {
     /// Stages `forward`, `capture` and `commit` for a claimed key.
     async fn exchange(self: Arc<Self>, claimed: Claimed, parts: Parts, body: Bytes, client: SocketAddr) -> Answer {
         self.metrics.inflight_claims.inc();
-        let result = self.forward_and_capture(&claimed, parts, body, client).await;
-        let answer = self.commit(&claimed, result).await;
+        let result =
+            self.forward_and_capture(&claimed, parts, body, client).instrument(tracing::debug_span!("forward")).await;
+        let answer = self.commit(&claimed, result).instrument(tracing::debug_span!("commit")).await;
         self.metrics.inflight_claims.dec();
         self.waiters.wake(&claimed.id);
         answer

@@ -1,17 +1,114 @@
-//! Logging: one JSON object per line on stdout by default, or human-readable lines.
-//! `RUST_LOG`, when set, overrides `log.level`.
+//! Logging, and with the cargo feature `otel`, traces.
+//!
+//! Logs: one JSON object per line on stdout by default, or human-readable lines; `RUST_LOG`, when
+//! set, overrides `log.level`. Traces: built with `--features otel` and given an endpoint in the
+//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) variable, idemgate exports one
+//! span per request over OTLP/HTTP, with child spans for `claim`, `forward` and `commit` and a
+//! `replay` event, continuing the trace of the client's `traceparent`.
 
 use crate::config::{LogConfig, LogFormat};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-pub fn init(cfg: &LogConfig) {
+/// Target of the span events (`replay`) that belong in traces, not in the log.
+pub const SPAN_EVENTS: &str = "idemgate::span_events";
+
+/// Keeps the exporter alive; [`Telemetry::shutdown`] flushes the spans not yet sent.
+#[must_use]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        #[cfg(feature = "otel")]
+        if let Some(Err(e)) = self.provider.map(|p| p.shutdown()) {
+            tracing::warn!(error = %e, "flushing spans at exit failed");
+        }
+    }
+}
+
+pub fn init(cfg: &LogConfig) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
-    // A second init (tests start several proxies in one process) keeps the first subscriber.
-    let _ = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let filter = match format!("{SPAN_EVENTS}=off").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
     };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let fmt = match cfg.format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).boxed(),
+        LogFormat::Pretty => fmt.boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    #[cfg(feature = "otel")]
+    let (registry, provider) = {
+        let (layer, provider) = otel::layer();
+        (registry.with(layer), provider)
+    };
+    // A second init (tests start several proxies in one process) keeps the first subscriber.
+    let _ = registry.try_init();
+    Telemetry {
+        #[cfg(feature = "otel")]
+        provider,
+    }
+}
+
+/// Continues the client's trace: the request span's parent is its `traceparent`.
+#[cfg(feature = "otel")]
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+    use opentelemetry::propagation::TextMapPropagator;
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(headers));
+    let _ = span.set_parent(parent);
+}
+
+#[cfg(not(feature = "otel"))]
+pub fn continue_trace(_span: &tracing::Span, _headers: &http::HeaderMap) {}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use opentelemetry::trace::TracerProvider;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::Targets;
+
+    /// The OTLP layer, when an endpoint is configured in the environment.
+    pub fn layer<S>() -> (Option<Box<dyn Layer<S> + Send + Sync>>, Option<SdkTracerProvider>)
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+    {
+        let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+        if !configured {
+            return (None, None);
+        }
+        let exporter = match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                eprintln!("OTLP exporter not started: {e}");
+                return (None, None);
+            }
+        };
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name("idemgate").build();
+        let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+        // Only idemgate's own spans: the request, its stages and the replay event.
+        let targets = Targets::new().with_target("idemgate", tracing::Level::DEBUG);
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("idemgate")).with_filter(targets);
+        (Some(Box::new(layer)), Some(provider))
+    }
 }

@@ -27,10 +27,16 @@ pub struct ChildProxy {
 impl ChildProxy {
     /// Starts `idemgate serve --config FILE` and waits for its "listening" log line.
     pub fn spawn(config: &Path) -> ChildProxy {
+        Self::spawn_with(config, &[])
+    }
+
+    /// As [`ChildProxy::spawn`], with extra environment variables.
+    pub fn spawn_with(config: &Path, env: &[(&str, &str)]) -> ChildProxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
             .args(["serve", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
