@@ -48,6 +48,9 @@ pub enum Problem {
     UnsupportedTransferCoding(String),
     #[error("the signature could not be verified: {0}")]
     Unverified(#[from] crate::verify::VerifyError),
+    /// A bug in idemgate (a task that panicked); never the client's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Problem {
@@ -64,6 +67,7 @@ impl Problem {
             Problem::InFlight => StatusCode::CONFLICT,
             Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Problem::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Problem::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Problem::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Problem::NotFound(_) => StatusCode::NOT_FOUND,
@@ -91,6 +95,7 @@ impl Problem {
             Problem::UpgradeRefused => "upgrade-refused",
             Problem::UnsupportedTransferCoding(_) => "unsupported-transfer-coding",
             Problem::Unverified(_) => "signature-invalid",
+            Problem::Internal(_) => "internal",
         }
     }
 
@@ -113,6 +118,7 @@ impl Problem {
             Problem::UpgradeRefused => "Upgrade refused",
             Problem::UnsupportedTransferCoding(_) => "Unsupported transfer coding",
             Problem::Unverified(_) => "Invalid signature",
+            Problem::Internal(_) => "Internal error",
         }
     }
 
@@ -121,7 +127,10 @@ impl Problem {
         match self {
             Problem::InFlight => Outcome::conflict,
             Problem::Mismatch => Outcome::mismatch,
-            Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) => Outcome::upstream_error,
+            // Internal: the only task that can fail so is the exchange with the app.
+            Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) | Problem::Internal(_) => {
+                Outcome::upstream_error
+            }
             Problem::Store(_) => Outcome::store_error,
             Problem::Unverified(_) => Outcome::unverified,
             _ => Outcome::rejected,

@@ -225,7 +225,7 @@ impl Pipeline {
                         .exchanges
                         .spawn(exchange.in_current_span())
                         .await
-                        .unwrap_or_else(|e| Err(Problem::BadRequest(format!("internal error: {e}"))));
+                        .unwrap_or_else(|e| Err(Problem::Internal(e.to_string())));
                 }
             }
         }

@@ -122,7 +122,20 @@ const EXPECTING: &str = "env:NAME or file:PATH, or a list of them";
 
 /// Refuses every kind of value but text and lists without quoting the value: serde's own
 /// `invalid type` messages would print it, and it may be a secret written in the wrong place.
+/// Every non-text visit method of a secret visitor: refused, without echoing the value.
 macro_rules! refuse_without_echo {
+    () => {
+        refuse_without_echo!(
+            visit_bool(bool),
+            visit_i64(i64),
+            visit_u64(u64),
+            visit_i128(i128),
+            visit_u128(u128),
+            visit_f64(f64),
+            visit_char(char),
+            visit_bytes(&[u8])
+        );
+    };
     ($($method:ident($ty:ty)),*) => {
         $(fn $method<E: de::Error>(self, _: $ty) -> Result<Self::Value, E> {
             Err(E::custom(format_args!("expected {EXPECTING} (the value is not shown)")))
@@ -151,16 +164,7 @@ impl<'de> Visitor<'de> for SecretVisitor {
         Ok(SecretList(list))
     }
 
-    refuse_without_echo!(
-        visit_bool(bool),
-        visit_i64(i64),
-        visit_u64(u64),
-        visit_i128(i128),
-        visit_u128(u128),
-        visit_f64(f64),
-        visit_char(char),
-        visit_bytes(&[u8])
-    );
+    refuse_without_echo!();
 }
 
 impl<'de> Deserialize<'de> for SecretList {
@@ -183,16 +187,7 @@ impl<'de> Deserialize<'de> for OneSecret {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<OneSecret, E> {
                 Ok(OneSecret(SecretRef::parse(v)))
             }
-            refuse_without_echo!(
-                visit_bool(bool),
-                visit_i64(i64),
-                visit_u64(u64),
-                visit_i128(i128),
-                visit_u128(u128),
-                visit_f64(f64),
-                visit_char(char),
-                visit_bytes(&[u8])
-            );
+            refuse_without_echo!();
         }
         d.deserialize_any(One)
     }
