@@ -199,9 +199,9 @@ file_bytes() { # total size of a database file with its WAL
 }
 
 # ------------------------------------------------------------------------- databases
-# The schema exactly as src/store/sqlite.rs creates it (WAL, rowid table, records_key,
-# records_expiry, user_version 2), then N completed rows in one transaction. Expired rows (EXPIRED=1) were created
-# 8 days ago and expired 1 day ago.
+# idemgate itself creates the database (started once on the empty path and stopped), so the
+# schema here is always the one the binary uses; then N completed rows go in with one sqlite3
+# transaction. Expired rows (EXPIRED=1) were created 8 days ago and expired 1 day ago.
 make_db() { # path n expired(0|1)
     local db=$1 n=$2 expired=$3 now created expires
     now=$(now_ms)
@@ -213,28 +213,9 @@ make_db() { # path n expired(0|1)
         expires=$((now + TTL_MS))
     fi
     rm -f "$db" "$db-wal" "$db-shm"
+    start_idemgate "schema-$(basename "$db" .db)" "$db"
+    stop_idemgate
     timeout 900 sqlite3 -batch -bail "$db" >/dev/null <<EOF
-PRAGMA journal_mode=WAL;
-BEGIN IMMEDIATE;
-CREATE TABLE records (
-    id           INTEGER PRIMARY KEY,
-    route        TEXT    NOT NULL,
-    scope        TEXT    NOT NULL,
-    key          TEXT    NOT NULL,
-    state        INTEGER NOT NULL,
-    token        INTEGER NOT NULL,
-    fingerprint  BLOB,
-    created_ms   INTEGER NOT NULL,
-    expires_ms   INTEGER NOT NULL,
-    status       INTEGER,
-    headers      BLOB,
-    body         BLOB,
-    body_omitted INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX records_key ON records (route, scope, key);
-CREATE INDEX records_expiry ON records (expires_ms);
-PRAGMA user_version = 2;
-COMMIT;
 PRAGMA synchronous=OFF;
 BEGIN;
 WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < $n)
@@ -250,8 +231,8 @@ COMMIT;
 PRAGMA wal_checkpoint(TRUNCATE);
 EOF
     local got
-    got=$(sqlite3 -batch "$db" "SELECT count(*) FROM records; PRAGMA user_version; PRAGMA journal_mode;" | tr '\n' ' ')
-    [[ "$got" == "$n 2 wal " ]] || die "database $db: expected '$n 2 wal', got '$got'"
+    got=$(sqlite3 -batch "$db" "SELECT count(*) FROM records; PRAGMA journal_mode;" | tr '\n' ' ')
+    [[ "$got" == "$n wal " ]] || die "database $db: expected '$n wal', got '$got'"
 }
 
 declare -A DBN DBBYTES DBFILL
