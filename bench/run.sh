@@ -44,17 +44,9 @@ ADMIN_ADDR=127.0.0.1:19091
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
-dur_secs() {
-    local d=$1 n
-    [[ "$d" =~ ^([0-9]+)([smh]?)$ ]] || die "bad duration '$d' (use e.g. 5s, 2m)"
-    n=${BASH_REMATCH[1]}
-    case "${BASH_REMATCH[2]}" in
-        m) n=$((n * 60)) ;;
-        h) n=$((n * 3600)) ;;
-    esac
-    echo "$n"
-}
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 DUR_S=$(dur_secs "$DURATION")
@@ -97,20 +89,6 @@ UP_PID=""
 NGX_PID=""
 IDG_PID=""
 
-stop_pid() { # pid name
-    local pid=$1 name=$2 i
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "$name (pid $pid) did not stop in 10s; killing"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$? i
@@ -128,38 +106,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 
 for a in "$UP_ADDR" "$NGX_ADDR" "$IDG_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (a previous run still alive?)"; fi
 done
 
-start_bg() { # name cmd... ; sets LAST_PID
-    local name=$1
-    shift
-    "$@" >"$WORKDIR/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    NAMES+=("$name")
-}
 
-wait_http() { # name pid url
-    local name=$1 pid=$2 url=$3 i
-    for ((i = 0; i < 150; i++)); do
-        if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$WORKDIR/$name.log" >&2 || true
-            die "$name exited during startup (log: $WORKDIR/$name.log)"
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$WORKDIR/$name.log" >&2 || true
-    die "$name did not answer $url in time"
-}
 
-rss_kib() { # pid field
-    awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
-}
 
 # ------------------------------------------------------------------------- upstream
 log "starting bench_upstream on $UP_ADDR"
@@ -237,7 +190,7 @@ IDG_PID=$LAST_PID
 wait_http idemgate "$IDG_PID" "http://$ADMIN_ADDR/healthz"
 wait_http idemgate "$IDG_PID" "http://$IDG_ADDR/healthz" # unrouted path: passthrough
 sleep 0.5
-IDLE_RSS_KIB=$(rss_kib "$IDG_PID" VmRSS)
+IDLE_RSS_KIB=$(proc_kib "$IDG_PID" VmRSS)
 
 # Sanity: the second delivery of a key must be a replay, or the dup numbers mean nothing.
 sanity() {
@@ -272,7 +225,6 @@ alive_check() {
     kill -0 "$IDG_PID" 2>/dev/null || die "idemgate died (log: $WORKDIR/idemgate.log)"
 }
 
-field() { sed -n "s/^RESULT.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
 # run_wrk OUTFILE TARGET MODE THREADS CONNS DURATION RUN_ID; prints the RESULT line (or nothing)
 run_wrk() {
@@ -289,7 +241,7 @@ printf 'round\tmode\ttarget\trps\tp50_us\tp99_us\tnon2xx\terrors\trequests\trepl
 
 record() { # round mode target result-line; also notes idemgate's RSS after the run
     local r=$4 rss
-    rss=$(rss_kib "$IDG_PID" VmRSS)
+    rss=$(proc_kib "$IDG_PID" VmRSS)
     if [[ -z "$r" ]]; then
         printf '%s\t%s\t%s\tNA\tNA\tNA\tNA\tNA\tNA\tNA\t%s\n' "$1" "$2" "$3" "$rss" >>"$RESULTS"
         return
@@ -327,7 +279,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             r=$(run_wrk "$WORKDIR/wrk/r$round-$mode-$target.txt" "$target" "$mode" "$THREADS" "$CONNS" \
                 "$DURATION" "$RUN_TAG-r$round-$mode-$target")
             record "$round" "$mode" "$target" "$r"
-            log "round $round/$ROUNDS $mode $target: ${r:-no result} idemgate_rss=$(($(rss_kib "$IDG_PID" VmRSS) / 1024))MiB"
+            log "round $round/$ROUNDS $mode $target: ${r:-no result} idemgate_rss=$(($(proc_kib "$IDG_PID" VmRSS) / 1024))MiB"
             alive_check
             sleep 0.5
         done
@@ -346,8 +298,8 @@ for p in "${PROBES[@]}"; do
     sleep 0.3
 done
 
-PEAK_RSS_KIB=$(rss_kib "$IDG_PID" VmHWM)
-END_RSS_KIB=$(rss_kib "$IDG_PID" VmRSS)
+PEAK_RSS_KIB=$(proc_kib "$IDG_PID" VmHWM)
+END_RSS_KIB=$(proc_kib "$IDG_PID" VmRSS)
 DB_KIB=$( (du -sk "$WORKDIR"/idemgate.db* 2>/dev/null || true) | awk '{s += $1} END {print s + 0}')
 
 # ------------------------------------------------------------------------- report

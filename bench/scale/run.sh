@@ -53,22 +53,14 @@ die() {
     log "ERROR: $*"
     exit 1
 }
+# shellcheck source=bench/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../lib.sh"
 PROBLEMS=()
 problem() {
     log "PROBLEM: $*"
     PROBLEMS+=("$*")
 }
 
-dur_secs() {
-    local d=$1 n
-    [[ "$d" =~ ^([0-9]+)([smh]?)$ ]] || die "bad duration '$d' (use e.g. 5s, 2m)"
-    n=${BASH_REMATCH[1]}
-    case "${BASH_REMATCH[2]}" in
-        m) n=$((n * 60)) ;;
-        h) n=$((n * 3600)) ;;
-    esac
-    echo "$n"
-}
 dur_secs "$DURATION" >/dev/null
 dur_secs "$SWEEP_DURATION" >/dev/null
 [[ "$SWEEP_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "SWEEP_TIMEOUT must be a positive integer (seconds)"
@@ -108,23 +100,6 @@ NAMES=()
 UP_PID=""
 IDG_PID=""
 
-stop_pid() { # pid name
-    local pid=$1 name=$2 i
-    kill -0 "$pid" 2>/dev/null || {
-        wait "$pid" 2>/dev/null || true
-        return 0
-    }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "$name (pid $pid) did not stop in 30s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$? i
@@ -142,19 +117,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 for a in "$UP_ADDR" "$IDG_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (a previous run still alive? set PORT_BASE)"; fi
 done
 
-start_bg() { # name cmd... ; sets LAST_PID
-    local name=$1
-    shift
-    "$@" >"$WORKDIR/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    NAMES+=("$name")
-}
 
 forget_pid() { # pid: drop from the cleanup list once stopped
     local pid=$1 i
@@ -165,23 +131,7 @@ forget_pid() { # pid: drop from the cleanup list once stopped
     NAMES=("${NAMES[@]}")
 }
 
-wait_http() { # name pid url tries(0.1s each)
-    local name=$1 pid=$2 url=$3 tries=${4:-300} i
-    for ((i = 0; i < tries; i++)); do
-        if curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then return 0; fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$WORKDIR/$name.log" >&2 || true
-            die "$name exited during startup (log: $WORKDIR/$name.log)"
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$WORKDIR/$name.log" >&2 || true
-    die "$name did not answer 200 on $url in time"
-}
 
-status_kib() { # pid field (VmRSS, VmHWM)
-    awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
-}
 
 metric() { # series name (no labels) -> value, or empty
     curl -fsS --max-time 5 "http://$ADMIN_ADDR/metrics" 2>/dev/null |
@@ -308,7 +258,6 @@ sanity_replay() { # n
 
 # ------------------------------------------------------------------------- wrk
 declare -A RPS P50 P99 NON2XX ERRS REQS REPL HIT RSS_BEFORE RSS_AFTER
-field() { sed -n "s/^RESULT.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
 # run_wrk LABEL MODE DURATION N PHASE: stores the parsed RESULT under LABEL
 run_wrk() {
@@ -317,14 +266,14 @@ run_wrk() {
     out="$WORKDIR/wrk-$label.txt"
     h0=$(metric idemgate_cache_hits_total)
     m0=$(metric idemgate_cache_misses_total)
-    RSS_BEFORE[$label]=$(status_kib "$IDG_PID" VmRSS)
+    RSS_BEFORE[$label]=$(proc_kib "$IDG_PID" VmRSS)
     log "wrk $label: $mode, -t$THREADS -c$CONNS -d$d"
     if ! timeout $((secs + 30)) wrk -t"$THREADS" -c"$CONNS" -d"$d" --latency -s "$LUA" "http://$IDG_ADDR" \
         -- "$mode" n="$n" run="$RUN_TAG-$label" >"$out" 2>&1; then
         problem "$label: wrk failed (see $out)"
     fi
     alive_check "$phase"
-    RSS_AFTER[$label]=$(status_kib "$IDG_PID" VmRSS)
+    RSS_AFTER[$label]=$(proc_kib "$IDG_PID" VmRSS)
     line=$(grep '^RESULT ' "$out" | tail -n 1 || true)
     if [[ -z "$line" ]]; then
         problem "$label: no RESULT line from wrk (see $out)"
@@ -381,8 +330,8 @@ build_db expired "$WORKDIR/expired.db" "$N_LARGE" 1
 log "phase idle: empty database"
 start_idemgate idle "$WORKDIR/empty.db"
 sleep 1
-IDLE_RSS=$(status_kib "$IDG_PID" VmRSS)
-IDLE_HWM=$(status_kib "$IDG_PID" VmHWM)
+IDLE_RSS=$(proc_kib "$IDG_PID" VmRSS)
+IDLE_HWM=$(proc_kib "$IDG_PID" VmHWM)
 stop_idemgate
 
 # --- 2/3. throughput at N_SMALL and N_LARGE stored keys
@@ -392,13 +341,13 @@ for size in small large; do
     log "phase $size: $n stored keys"
     start_idemgate "$size" "$WORKDIR/$size.db"
     sleep 1
-    START_RSS[$size]=$(status_kib "$IDG_PID" VmRSS)
+    START_RSS[$size]=$(proc_kib "$IDG_PID" VmRSS)
     sanity_replay "$n"
     run_wrk "$size-cold" replay "$DURATION" "$n" "$size"
     run_wrk "$size-warm" replay "$DURATION" "$n" "$size"
     run_wrk "$size-new" new "$DURATION" "$n" "$size"
-    END_RSS[$size]=$(status_kib "$IDG_PID" VmRSS)
-    END_HWM[$size]=$(status_kib "$IDG_PID" VmHWM)
+    END_RSS[$size]=$(proc_kib "$IDG_PID" VmRSS)
+    END_HWM[$size]=$(proc_kib "$IDG_PID" VmHWM)
     stop_idemgate
     [[ "$KEEP_DB" == "1" ]] || rm -f "$WORKDIR/$size.db" "$WORKDIR/$size.db-wal" "$WORKDIR/$size.db-shm"
 done
@@ -435,7 +384,7 @@ wait "$POLL_PID" || true
 forget_pid "$POLL_PID"
 SWEEP_DONE_S=$(awk -F'\t' -v n="$N_LARGE" 'NR > 1 && $2 != "-" && $2 >= n { print $1; exit }' "$PROGRESS")
 SWEPT=$(awk -F'\t' 'NR > 1 && $2 != "-" { v = $2 } END { print v + 0 }' "$PROGRESS")
-SWEEP_HWM=$(status_kib "$IDG_PID" VmHWM)
+SWEEP_HWM=$(proc_kib "$IDG_PID" VmHWM)
 stop_idemgate
 LEFT=$(sqlite3 -batch "$WORKDIR/expired.db" "SELECT count(*) FROM records WHERE expires_ms <= $(now_ms);" 2>/dev/null || echo "?")
 if [[ -z "$SWEEP_DONE_S" ]]; then
