@@ -78,11 +78,9 @@ impl Admin {
             path.strip_prefix("/admin/keys/").ok_or_else(|| Problem::NotFound(format!("no admin endpoint {path}")))?;
         let (route_name, raw_key) =
             rest.split_once('/').ok_or_else(|| Problem::NotFound("use /admin/keys/{route}/{key}".into()))?;
-        let route = self
-            .pipeline
-            .router
-            .get(route_name)
-            .ok_or_else(|| Problem::NotFound(format!("no route named {route_name:?}")))?;
+        let routes = self.pipeline.routes();
+        let route =
+            routes.router.get(route_name).ok_or_else(|| Problem::NotFound(format!("no route named {route_name:?}")))?;
         let key = percent_encoding::percent_decode_str(raw_key)
             .decode_utf8()
             .map_err(|_| Problem::BadRequest("the key is not valid UTF-8".into()))?

@@ -8,7 +8,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// First seen (or its lease or ttl ended): forward to the app under this claim token.
-    Forward { token: u64 },
+    Forward { token: u64, took_over: bool },
     /// Completed with the same payload: replay the stored response.
     Replay(Arc<Completed>),
     /// The key exists with another payload: 422.
@@ -25,7 +25,7 @@ fn differs(stored: Option<Fingerprint>, request: Option<Fingerprint>) -> bool {
 
 pub fn decide(found: ClaimOutcome, fingerprint: Option<Fingerprint>) -> Decision {
     match found {
-        ClaimOutcome::Claimed { token } => Decision::Forward { token },
+        ClaimOutcome::Claimed { token, took_over } => Decision::Forward { token, took_over },
         ClaimOutcome::Completed(done) if differs(done.fingerprint, fingerprint) => Decision::Mismatch,
         ClaimOutcome::Completed(done) => Decision::Replay(done),
         ClaimOutcome::InFlight { fingerprint: held, .. } if differs(held, fingerprint) => Decision::Mismatch,
@@ -53,7 +53,7 @@ mod tests {
         let b = Some([2u8; 32]);
         let in_flight = |fp| ClaimOutcome::InFlight { fingerprint: fp, expires_ms: 5 };
         let cases: Vec<(ClaimOutcome, Option<Fingerprint>, &str)> = vec![
-            (ClaimOutcome::Claimed { token: 7 }, a, "forward"),
+            (ClaimOutcome::Claimed { token: 7, took_over: false }, a, "forward"),
             (completed(a), a, "replay"),
             (completed(None), None, "replay"),
             (completed(None), a, "replay"),
@@ -65,7 +65,7 @@ mod tests {
         ];
         for (found, fp, want) in cases {
             let got = match decide(found.clone(), fp) {
-                Decision::Forward { token: 7 } => "forward",
+                Decision::Forward { token: 7, took_over: false } => "forward",
                 Decision::Forward { .. } => "forward with another token",
                 Decision::Replay(_) => "replay",
                 Decision::Mismatch => "mismatch",

@@ -84,6 +84,7 @@ pub struct RouteMetrics {
     seconds: Histogram,
     /// The app's answers by status class, 1xx to 5xx.
     app_classes: [Counter; 5],
+    lease_expiries: Counter,
 }
 
 impl RouteMetrics {
@@ -98,6 +99,26 @@ impl RouteMetrics {
             counter.inc();
         }
     }
+
+    /// A claim took over a key whose previous claim's lease ended unfinished.
+    pub fn lease_expired(&self) {
+        self.lease_expiries.inc();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReloadLabel {
+    pub result: ReloadResult,
+}
+
+/// How a config reload ended, as counted in `idemgate_config_reloads_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    /// The new routes serve from now on.
+    applied,
+    /// The new config was invalid; the running one stays.
+    refused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -126,6 +147,9 @@ pub struct Metrics {
     pub store_wal_bytes: Gauge,
     /// A completion refused because the claim's lease had ended and another request took the key.
     pub lost_claims: Counter,
+    /// Claims that took over a key after the previous claim's lease ended unfinished, by route.
+    pub lease_expiries: Family<RouteLabel, Counter>,
+    pub config_reloads: Family<ReloadLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -150,6 +174,11 @@ impl Metrics {
         let inflight_claims = Gauge::default();
         let (cache_hits, cache_misses, swept, lost_claims, cache_evictions) = Default::default();
         let (store_records, store_bytes, store_wal_bytes): (Gauge, Gauge, Gauge) = Default::default();
+        let lease_expiries = Family::<RouteLabel, Counter>::default();
+        let config_reloads = Family::<ReloadLabel, Counter>::default();
+        for result in [ReloadResult::applied, ReloadResult::refused] {
+            config_reloads.get_or_create_owned(&ReloadLabel { result });
+        }
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("idemgate_requests", "Requests on the proxy listener by route and outcome", requests.clone());
@@ -199,8 +228,21 @@ impl Metrics {
             "Completions refused because the lease had ended and the key was taken over",
             Counter::clone(&lost_claims),
         );
+        registry.register(
+            "idemgate_lease_expiries",
+            "Claims that took over a key whose previous claim's lease ended unfinished (a crash or stall): \
+             the app may have seen that key twice",
+            lease_expiries.clone(),
+        );
+        registry.register(
+            "idemgate_config_reloads",
+            "Config reloads (SIGHUP or a change of the file) by result: applied, or refused as invalid",
+            config_reloads.clone(),
+        );
         Metrics {
             registry,
+            lease_expiries,
+            config_reloads,
             requests,
             app_responses,
             request_seconds,
@@ -227,6 +269,7 @@ impl Metrics {
             outcomes: Outcome::ALL.map(counter),
             seconds: self.request_seconds.get_or_create_owned(&RouteLabel { route: route.to_string() }),
             app_classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            lease_expiries: self.lease_expiries.get_or_create_owned(&RouteLabel { route: route.to_string() }),
         }
     }
 

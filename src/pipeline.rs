@@ -21,6 +21,7 @@ use crate::store::{Claim, Completed, RecordId, Records, now_ms};
 use crate::upstream::Upstream;
 use crate::verify::SignedRequest;
 use crate::waiters::Waiters;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, header};
@@ -36,18 +37,37 @@ use tracing::field::Empty;
 
 /// Shared by every connection: the routes, the store, the app client.
 pub struct Pipeline {
-    pub router: Router,
+    /// Swapped whole by a config reload; each request works with the set it started with.
+    routes: ArcSwap<Routes>,
     pub records: Records,
     upstream: Upstream,
     waiters: Waiters,
     metrics: Arc<Metrics>,
-    /// Per route, by `Route::index`; the last entry is for requests on no route ("-").
-    route_metrics: Vec<RouteMetrics>,
     tokens: Tokens,
     key_logging: KeyLogging,
     /// Exchanges run on tasks of their own (they outlive a client that goes away); the drain
     /// waits for them, so a graceful stop never leaves an answered key uncommitted.
     exchanges: TaskTracker,
+}
+
+/// The routes serving now, with their metric handles resolved once.
+pub struct Routes {
+    pub router: Router,
+    /// Per route, by `Route::index`; the last entry is for requests on no route ("-").
+    metrics: Vec<RouteMetrics>,
+}
+
+impl Routes {
+    fn new(router: Router, metrics: &Metrics) -> Routes {
+        let names = router.routes().iter().map(|r| &*r.name).chain(["-"]);
+        let metrics = names.map(|name| metrics.route(name)).collect();
+        Routes { router, metrics }
+    }
+
+    fn metrics(&self, route_index: Option<usize>) -> &RouteMetrics {
+        let unrouted = self.metrics.len() - 1;
+        &self.metrics[route_index.unwrap_or(unrouted)]
+    }
 }
 
 /// A key this request owns: what `forward`, `capture` and `commit` work with.
@@ -66,6 +86,8 @@ struct Report {
     outcome: Outcome,
     /// The W3C trace id from the client's `traceparent`, to find the request in the app's traces.
     trace_id: Option<String>,
+    /// The claim took over a key whose previous claim's lease ended unfinished.
+    took_over: bool,
 }
 
 impl Report {
@@ -86,8 +108,12 @@ impl Report {
         let (route, key, outcome, trace_id) =
             (&*self.route, key.as_deref(), self.outcome.as_str(), self.trace_id.as_deref());
         let (status, duration_ms) = (status.as_u16(), elapsed.as_secs_f64() * 1000.0);
+        // Only present when true: a takeover is rare and worth finding.
+        let took_over = self.took_over.then_some(true);
         if status >= 500 && error.is_some() {
-            tracing::warn!(route, key, outcome, %method, status, duration_ms, trace_id, error, "request");
+            tracing::warn!(route, key, outcome, %method, status, duration_ms, trace_id, took_over, error, "request");
+        } else if self.took_over {
+            tracing::warn!(route, key, outcome, %method, status, duration_ms, trace_id, took_over, error, "request");
         } else {
             tracing::info!(route, key, outcome, %method, status, duration_ms, trace_id, error, "request");
         }
@@ -104,19 +130,27 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         key_logging: KeyLogging,
     ) -> Pipeline {
-        let names = router.routes().iter().map(|r| &*r.name).chain(["-"]);
-        let route_metrics = names.map(|name| metrics.route(name)).collect();
         Pipeline {
-            router,
+            routes: ArcSwap::from_pointee(Routes::new(router, &metrics)),
             records,
             upstream,
             waiters: Waiters::default(),
             metrics,
-            route_metrics,
             tokens: Tokens::default(),
             key_logging,
             exchanges: TaskTracker::new(),
         }
+    }
+
+    /// The routes serving now.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+
+    /// Serves `router` from the next request on; requests in flight finish on the routes they
+    /// started with.
+    pub fn swap_routes(&self, router: Router) {
+        self.routes.store(Arc::new(Routes::new(router, &self.metrics)));
     }
 
     /// Entry point for every request on the proxy listener. Logs one line and counts one outcome.
@@ -138,9 +172,16 @@ impl Pipeline {
         let start = Instant::now();
         let method = req.method().clone();
         let trace_id = trace_id(req.headers());
-        let mut report =
-            Report { route: "-".into(), route_index: None, key: None, outcome: Outcome::passthrough, trace_id };
-        let answer = match self.route(&req) {
+        let mut report = Report {
+            route: "-".into(),
+            route_index: None,
+            key: None,
+            outcome: Outcome::passthrough,
+            trace_id,
+            took_over: false,
+        };
+        let routes = self.routes.load_full();
+        let answer = match route(&routes.router, &req) {
             Err(problem) => Err(problem),
             Ok(RouteMatch::Unmatched) => self.pass_through(req, client).await,
             Ok(RouteMatch::Matched(route)) => {
@@ -158,21 +199,17 @@ impl Pipeline {
             }
         };
         let elapsed = start.elapsed();
-        let unrouted = self.route_metrics.len() - 1;
-        let metrics = &self.route_metrics[report.route_index.unwrap_or(unrouted)];
+        let metrics = routes.metrics(report.route_index);
         metrics.record(report.outcome, elapsed.as_secs_f64());
+        if report.took_over {
+            metrics.lease_expired();
+        }
         if error.is_none() && matches!(report.outcome, Outcome::forwarded | Outcome::passthrough) {
             metrics.app_answered(response.status());
         }
         span.record("route", &*report.route).record("outcome", report.outcome.as_str());
         report.log(self.key_logging, &method, response.status(), elapsed, error.as_deref());
         response
-    }
-
-    /// Stage `route`, after the framing checks every request gets.
-    fn route(&self, req: &Request<Incoming>) -> Result<RouteMatch, Problem> {
-        check_framing(req)?;
-        Ok(self.router.route(req.method(), req.uri().path())?)
     }
 
     /// A matched route: everything between `route` and `respond`.
@@ -215,8 +252,9 @@ impl Pipeline {
                         return Err(Problem::InFlight);
                     }
                 }
-                Decision::Forward { token } => {
+                Decision::Forward { token, took_over } => {
                     report.outcome = Outcome::forwarded;
+                    report.took_over = took_over;
                     // The exchange runs on its own task: if the client goes away mid-flight, the
                     // app's answer is still committed, so the provider's retry gets the replay.
                     let claimed = Claimed { route, id, token, fingerprint };
@@ -331,6 +369,12 @@ impl Pipeline {
 /// What hyper accepts but a proxy must not pass on, for every request, routed or not: an HTTP/1.1
 /// request without exactly one Host (RFC 9112 3.2), a body chunked twice, or a transfer coding
 /// other than chunked (idemgate would drop the coding and hand the app coded bytes as content).
+/// Stage `route`, after the framing checks every request gets.
+fn route(router: &Router, req: &Request<Incoming>) -> Result<RouteMatch, Problem> {
+    check_framing(req)?;
+    Ok(router.route(req.method(), req.uri().path())?)
+}
+
 fn check_framing(req: &Request<Incoming>) -> Result<(), Problem> {
     let hosts = req.headers().get_all(header::HOST).iter().count();
     if req.version() == http::Version::HTTP_11 && hosts != 1 {

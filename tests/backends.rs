@@ -122,7 +122,10 @@ async fn distinct_keys_are_all_claimed(b: &Backend) {
 
 async fn the_token_fences_completion_and_release(b: &Backend) {
     let s = &b.store;
-    assert!(matches!(s.claim(claim(b, "fence", 1, 60_000)).await.unwrap(), ClaimOutcome::Claimed { token: 1 }));
+    assert!(matches!(
+        s.claim(claim(b, "fence", 1, 60_000)).await.unwrap(),
+        ClaimOutcome::Claimed { token: 1, took_over: false }
+    ));
     assert!(!s.complete(b.id("fence"), 2, completed(60_000)).await.unwrap(), "{}: another token completes", b.name);
     s.release(b.id("fence"), 2).await.unwrap();
     assert!(matches!(s.claim(claim(b, "fence", 3, 60_000)).await.unwrap(), ClaimOutcome::InFlight { .. }));
@@ -142,17 +145,24 @@ async fn a_released_key_is_claimed_again(b: &Backend) {
     let s = &b.store;
     s.claim(claim(b, "rel", 1, 60_000)).await.unwrap();
     s.release(b.id("rel"), 1).await.unwrap();
-    assert!(matches!(s.claim(claim(b, "rel", 2, 60_000)).await.unwrap(), ClaimOutcome::Claimed { token: 2 }));
+    assert!(matches!(
+        s.claim(claim(b, "rel", 2, 60_000)).await.unwrap(),
+        ClaimOutcome::Claimed { token: 2, took_over: false }
+    ));
 }
 
 async fn an_ended_lease_is_taken_over_and_fences_the_old_owner(b: &Backend) {
     let s = &b.store;
-    assert!(matches!(s.claim(claim(b, "lease", 1, 200)).await.unwrap(), ClaimOutcome::Claimed { token: 1 }));
+    assert!(matches!(
+        s.claim(claim(b, "lease", 1, 200)).await.unwrap(),
+        ClaimOutcome::Claimed { token: 1, took_over: false }
+    ));
     // Leases end by wall-clock time on every backend (Redis by its own expiry): poll, bounded.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match s.claim(claim(b, "lease", 2, 60_000)).await.unwrap() {
-            ClaimOutcome::Claimed { token: 2 } => break,
+            // The takeover says so: the app may see this key a second time.
+            ClaimOutcome::Claimed { token: 2, took_over: true } => break,
             ClaimOutcome::InFlight { .. } if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
@@ -161,6 +171,23 @@ async fn an_ended_lease_is_taken_over_and_fences_the_old_owner(b: &Backend) {
     }
     assert!(!s.complete(b.id("lease"), 1, completed(60_000)).await.unwrap(), "{}: the old owner is fenced", b.name);
     assert!(s.complete(b.id("lease"), 2, completed(60_000)).await.unwrap());
+}
+
+/// A completed key whose ttl ended is claimed afresh: that is no takeover of an abandoned claim.
+async fn a_key_whose_ttl_ended_is_claimed_afresh(b: &Backend) {
+    let s = &b.store;
+    assert!(matches!(s.claim(claim(b, "ttl", 1, 60_000)).await.unwrap(), ClaimOutcome::Claimed { token: 1, .. }));
+    assert!(s.complete(b.id("ttl"), 1, completed(200)).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match s.claim(claim(b, "ttl", 2, 60_000)).await.unwrap() {
+            ClaimOutcome::Claimed { token: 2, took_over } => break assert!(!took_over, "{}", b.name),
+            ClaimOutcome::Completed(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("{}: the ttl did not end: {other:?}", b.name),
+        }
+    }
 }
 
 async fn records_can_be_read_and_deleted(b: &Backend) {
@@ -198,6 +225,7 @@ async fn suite(b: Backend) {
     the_token_fences_completion_and_release(&b).await;
     a_released_key_is_claimed_again(&b).await;
     an_ended_lease_is_taken_over_and_fences_the_old_owner(&b).await;
+    a_key_whose_ttl_ended_is_claimed_afresh(&b).await;
     records_can_be_read_and_deleted(&b).await;
     routes_and_scopes_keep_records_apart(&b).await;
     b.store.close().await.unwrap();

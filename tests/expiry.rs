@@ -34,7 +34,7 @@ async fn an_unfinished_claim_blocks_duplicates_until_its_lease_ends() {
     let store = SqliteStore::open(&db).unwrap();
     let id = RecordId { route: "hooks".into(), scope: String::new(), key: "orphan".into() };
     let claim = Claim { id, token: 1, fingerprint: None, now_ms: now_ms(), lease_ms: 1500 };
-    assert!(matches!(store.claim(claim).await.unwrap(), ClaimOutcome::Claimed { token: 1 }));
+    assert!(matches!(store.claim(claim).await.unwrap(), ClaimOutcome::Claimed { token: 1, .. }));
     store.close().await.unwrap();
 
     let app = TestApp::start().await;
@@ -51,6 +51,8 @@ async fn an_unfinished_claim_blocks_duplicates_until_its_lease_ends() {
     assert!(forwarded, "after the lease the key is treated as released");
     assert_eq!(app.count("orphan"), 1, "forwarded once more, then completed");
     assert!(proxy.post("/hooks/a", &key, "{}").await.replayed());
+    // The takeover is counted: the app may have seen this key before the crash.
+    assert_eq!(proxy.metric(r#"idemgate_lease_expiries_total{route="hooks"}"#).await, 1.0);
 }
 
 #[tokio::test]
@@ -63,7 +65,9 @@ async fn the_sweeper_deletes_expired_records_in_batches() {
         let lease_ms = if i < 2100 { 10 } else { 60_000 };
         store.claim(Claim { id, token: i, fingerprint: None, now_ms: now, lease_ms }).await.unwrap();
     }
-    let later = now + 1000;
+    // Claims whose lease ended unfinished are kept for a while, so a takeover can be counted.
+    assert_eq!(store.sweep(now + 1000, 1000).await.unwrap(), 0);
+    let later = now + 1000 + idemgate::store::ABANDONED_CLAIM_RETENTION_MS;
     assert_eq!(store.sweep(later, 1000).await.unwrap(), 1000);
     assert_eq!(store.sweep(later, 1000).await.unwrap(), 1000);
     assert_eq!(store.sweep(later, 1000).await.unwrap(), 100);

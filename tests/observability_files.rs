@@ -17,7 +17,7 @@ const RULES: &str = "deploy/prometheus/alerts.yaml";
 const README: &str = "deploy/README.md";
 
 /// The alerts deploy/README.md and the brief promise; the file may hold more.
-const EXPECTED_ALERTS: [&str; 8] = [
+const EXPECTED_ALERTS: [&str; 10] = [
     "IdemgateDown",
     "IdemgateNotReady",
     "IdemgateStoreErrors",
@@ -25,6 +25,8 @@ const EXPECTED_ALERTS: [&str; 8] = [
     "IdemgateApp5xx",
     "IdemgateInflightClaimsStuck",
     "IdemgateLostClaims",
+    "IdemgateLeaseExpiries",
+    "IdemgateConfigReloadRefused",
     "IdemgateDuplicateRatioShift",
 ];
 

@@ -36,7 +36,7 @@ async fn only_the_owning_token_completes_or_releases_and_the_record_survives_reo
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let store = SqliteStore::open(&path).unwrap();
-    assert!(matches!(store.claim(claim("k", 1)).await.unwrap(), ClaimOutcome::Claimed { token: 1 }));
+    assert!(matches!(store.claim(claim("k", 1)).await.unwrap(), ClaimOutcome::Claimed { token: 1, took_over: false }));
     assert!(!store.complete(id("k"), 2, response()).await.unwrap(), "another token cannot complete");
     store.release(id("k"), 2).await.unwrap();
     assert!(matches!(store.claim(claim("k", 3)).await.unwrap(), ClaimOutcome::InFlight { .. }), "nor release");

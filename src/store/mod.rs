@@ -24,6 +24,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How long a claim whose lease ended unfinished is kept before the sweeper deletes it. A
+/// redelivery within this time takes it over and is counted as a lease expiry
+/// (`idemgate_lease_expiries_total`): the sign that the key may reach the app twice. Later than
+/// that, it would look like a first delivery.
+pub const ABANDONED_CLAIM_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// A backend failure. The pipeline answers 503 and forwards nothing.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

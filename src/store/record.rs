@@ -93,8 +93,10 @@ pub struct Completed {
 /// What a claim found.
 #[derive(Debug, Clone)]
 pub enum ClaimOutcome {
-    /// The key is ours: forward, then complete or release with this token.
-    Claimed { token: u64 },
+    /// The key is ours: forward, then complete or release with this token. `took_over`: the key
+    /// was held by a claim whose lease ended unfinished (its proxy crashed or stalled), so the app
+    /// may be seeing this key a second time.
+    Claimed { token: u64, took_over: bool },
     /// The key is completed: replay.
     Completed(Arc<Completed>),
     /// Another request holds the key until `expires_ms`.

@@ -2,8 +2,8 @@
 //! with its parameter types (`query_typed` / `execute_typed`): one round trip, no prepared
 //! statement left on the server, so pgbouncer in transaction mode is fine.
 
-use crate::store::StoreError;
 use crate::store::record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
+use crate::store::{ABANDONED_CLAIM_RETENTION_MS, StoreError};
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio_postgres::types::{ToSql, Type};
@@ -109,6 +109,10 @@ pub(super) async fn migrate(client: &mut Client) -> Result<String, Failure> {
 /// Inserts the key, or takes over a record whose lease or ttl has ended (`RETURNING token`: the
 /// claim is ours); otherwise the second branch reads the holder in the same statement.
 ///
+/// `status` means nothing while a record is in flight, so a takeover of an abandoned claim (one
+/// whose lease ended) marks itself there with 0: `RETURNING` sees only the new row, and this is
+/// how it tells that takeover, a possible second delivery, from a fresh insert.
+///
 /// The second branch reads with the statement's snapshot, so it can miss a holder that committed
 /// after the statement began (the `ON CONFLICT` arbiter sees it, the snapshot does not), or see a
 /// version that has since expired and been taken over by another claim: it then returns no row,
@@ -120,12 +124,13 @@ WITH taken AS (
     ON CONFLICT (route, scope, key) DO UPDATE SET
         state = 0, token = excluded.token, fingerprint = excluded.fingerprint,
         created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
-        status = NULL, headers = NULL, body = NULL, body_omitted = false
+        status = CASE WHEN idemgate_records.state = 0 THEN 0 END,
+        headers = NULL, body = NULL, body_omitted = false
     WHERE idemgate_records.expires_ms <= excluded.created_ms
-    RETURNING token
+    RETURNING token, status
 )
 SELECT token, NULL::smallint AS state, NULL::bytea AS fingerprint, NULL::bigint AS created_ms,
-       NULL::bigint AS expires_ms, NULL::integer AS status, NULL::bytea AS headers, NULL::bytea AS body,
+       NULL::bigint AS expires_ms, status, NULL::bytea AS headers, NULL::bytea AS body,
        NULL::boolean AS body_omitted
 FROM taken
 UNION ALL
@@ -164,7 +169,7 @@ fn holder(row: &Row, ours: u64) -> Result<ClaimOutcome, Failure> {
     if let Some(token) = row.try_get::<_, Option<i64>>(0)? {
         // RETURNING only yields the row this statement wrote, which carries our token.
         return if token as u64 == ours {
-            Ok(ClaimOutcome::Claimed { token: ours })
+            Ok(ClaimOutcome::Claimed { token: ours, took_over: row.try_get::<_, Option<i32>>(5)? == Some(0) })
         } else {
             Err(Failure::Store("the claim returned another token".into()))
         };
@@ -240,9 +245,11 @@ pub(super) async fn get(client: &Client, id: &RecordId) -> Result<Option<Record>
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
+    let completed = row.try_get::<_, i16>(0)? != 0;
+    let status = if completed { row.try_get::<_, Option<i32>>(1)? } else { None };
     Ok(Some(Record {
-        state: if row.try_get::<_, i16>(0)? == 0 { State::InFlight } else { State::Completed },
-        status: row.try_get::<_, Option<i32>>(1)?.and_then(|s| u16::try_from(s).ok()),
+        state: if completed { State::Completed } else { State::InFlight },
+        status: status.and_then(|s| u16::try_from(s).ok()),
         created_ms: row.try_get(2)?,
         expires_ms: row.try_get(3)?,
     }))
@@ -259,17 +266,21 @@ pub(super) async fn delete(client: &Client, id: &RecordId) -> Result<bool, Failu
     Ok(deleted > 0)
 }
 
-/// Deletes at most `batch` expired records. `SKIP LOCKED`: replicas sweeping at once take
-/// different rows, and a row a claim is taking over right now is left to that claim. The outer
-/// `expires_ms` test is checked again on the row version that is finally deleted.
+/// Deletes at most `batch` expired records (abandoned claims only once they are older than
+/// [`ABANDONED_CLAIM_RETENTION_MS`]). `SKIP LOCKED`: replicas sweeping at once take different
+/// rows, and a row a claim is taking over right now is left to that claim. The outer test is
+/// checked again on the row version that is finally deleted.
 pub(super) async fn sweep(client: &Client, now_ms: i64, batch: usize) -> Result<usize, Failure> {
     let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+    let abandoned_before = now_ms.saturating_sub(ABANDONED_CLAIM_RETENTION_MS);
     let deleted = client
         .execute_typed(
             "DELETE FROM idemgate_records
-             WHERE ctid IN (SELECT ctid FROM idemgate_records WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
-               AND expires_ms <= $1",
-            &[(&now_ms, Type::INT8), (&limit, Type::INT8)],
+             WHERE ctid IN (SELECT ctid FROM idemgate_records
+                            WHERE expires_ms <= $1 AND (state = 1 OR expires_ms <= $2)
+                            LIMIT $3 FOR UPDATE SKIP LOCKED)
+               AND expires_ms <= $1 AND (state = 1 OR expires_ms <= $2)",
+            &[(&now_ms, Type::INT8), (&abandoned_before, Type::INT8), (&limit, Type::INT8)],
         )
         .await?;
     Ok(usize::try_from(deleted).unwrap_or(usize::MAX))

@@ -146,7 +146,7 @@ async fn concurrent_claims_of_one_key_across_two_replicas_yield_one_claimed() {
     let mut winners = vec![];
     for task in tasks {
         match task.await.unwrap().expect("claim") {
-            ClaimOutcome::Claimed { token } => winners.push(token),
+            ClaimOutcome::Claimed { token, .. } => winners.push(token),
             ClaimOutcome::InFlight { fingerprint, expires_ms } => {
                 assert_eq!(fingerprint, None);
                 assert_eq!(expires_ms, now + LEASE);
@@ -174,7 +174,7 @@ async fn distinct_keys_are_all_claimed() {
         .collect();
     for task in tasks {
         let (token, outcome) = task.await.unwrap();
-        assert!(matches!(outcome.expect("claim"), ClaimOutcome::Claimed { token: t } if t == token));
+        assert!(matches!(outcome.expect("claim"), ClaimOutcome::Claimed { token: t, .. } if t == token));
     }
 }
 
@@ -185,9 +185,10 @@ async fn the_claim_token_fences_complete_and_release() {
     let key = id("hooks", "", "fenced");
     let t0 = now_ms();
     let (a, b) = (random(), random());
-    assert!(
-        matches!(store.claim(claim(&key, a, t0, 1000)).await.unwrap(), ClaimOutcome::Claimed { token } if token == a)
-    );
+    assert!(matches!(
+        store.claim(claim(&key, a, t0, 1000)).await.unwrap(),
+        ClaimOutcome::Claimed { token, took_over: false } if token == a
+    ));
     // Another token can neither complete nor release it.
     assert!(!store.complete(key.clone(), b, completed(t0, t0 + LEASE, response(200))).await.unwrap());
     store.release(key.clone(), b).await.unwrap();
@@ -197,9 +198,11 @@ async fn the_claim_token_fences_complete_and_release() {
         ClaimOutcome::InFlight { expires_ms, .. } => assert_eq!(expires_ms, t0 + 1000),
         other => panic!("expected in flight, got {other:?}"),
     }
-    assert!(
-        matches!(store.claim(claim(&key, b, t0 + 1000, 1000)).await.unwrap(), ClaimOutcome::Claimed { token } if token == b)
-    );
+    // The takeover of an unfinished claim says so: the app may see this key a second time.
+    assert!(matches!(
+        store.claim(claim(&key, b, t0 + 1000, 1000)).await.unwrap(),
+        ClaimOutcome::Claimed { token, took_over: true } if token == b
+    ));
     // The paused first owner comes back: its completion and release are refused.
     assert!(!store.complete(key.clone(), a, completed(t0, t0 + LEASE, response(200))).await.unwrap());
     store.release(key.clone(), a).await.unwrap();
@@ -217,7 +220,7 @@ async fn the_claim_token_fences_complete_and_release() {
     store.release(other.clone(), a).await.unwrap();
     assert!(store.get(other.clone()).await.unwrap().is_none());
     assert!(
-        matches!(store.claim(claim(&other, b, t0, LEASE)).await.unwrap(), ClaimOutcome::Claimed { token } if token == b)
+        matches!(store.claim(claim(&other, b, t0, LEASE)).await.unwrap(), ClaimOutcome::Claimed { token, .. } if token == b)
     );
 }
 
@@ -280,7 +283,7 @@ async fn an_expired_record_is_taken_over_as_new() {
     assert!(store.complete(key.clone(), a, completed(t0, t0 + 100, response(200))).await.unwrap());
     assert!(matches!(store.claim(claim(&key, b, t0 + 99, LEASE)).await.unwrap(), ClaimOutcome::Completed(_)));
     assert!(
-        matches!(store.claim(claim(&key, b, t0 + 100, LEASE)).await.unwrap(), ClaimOutcome::Claimed { token } if token == b)
+        matches!(store.claim(claim(&key, b, t0 + 100, LEASE)).await.unwrap(), ClaimOutcome::Claimed { token, .. } if token == b)
     );
     let record = store.get(key.clone()).await.unwrap().unwrap();
     assert_eq!(
@@ -362,15 +365,17 @@ async fn sweep_deletes_expired_records_in_batches() {
         store.claim(claim(&key, random(), t0, LEASE)).await.unwrap();
         live.push(key);
     }
+    // The 13 expired completed records go; the 12 abandoned claims stay for their retention.
     assert_eq!(store.sweep(t0, 10).await.unwrap(), 10);
-    assert_eq!(store.sweep(t0, 10).await.unwrap(), 10);
-    assert_eq!(store.sweep(t0, 10).await.unwrap(), 5);
+    assert_eq!(store.sweep(t0, 10).await.unwrap(), 3);
     assert_eq!(store.sweep(t0, 10).await.unwrap(), 0);
     for key in live {
         assert!(store.get(key).await.unwrap().is_some(), "a live record was swept");
     }
-    assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_records").await, 5);
-    assert_eq!(store.sweep(t0 + LEASE, 1000).await.unwrap(), 5);
+    assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_records").await, 17);
+    assert_eq!(store.sweep(t0 + LEASE, 1000).await.unwrap(), 0, "abandoned claims are kept a while");
+    let after_retention = t0 + LEASE + crate::store::ABANDONED_CLAIM_RETENTION_MS;
+    assert_eq!(store.sweep(after_retention, 1000).await.unwrap(), 17);
     store.close().await.unwrap();
 }
 

@@ -112,16 +112,18 @@ pub(super) fn int(field: Option<&[u8]>, name: &str) -> Result<i64, String> {
     std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()).ok_or_else(|| format!("{name} is not a number"))
 }
 
-/// What the claim script's answer means: 1 is ours, a hash is the holder. A retry that finds its
+/// What the claim script's answer means: 1 is ours, 2 is ours by taking over an abandoned
+/// claim, a hash is the holder. A retry that finds its
 /// own token in flight is ours too: the first attempt took the key before the connection dropped.
 pub(super) fn claim_outcome(answer: Value, token: u64, retried: bool) -> Result<ClaimOutcome, StoreError> {
     match answer {
-        Value::Int(1) => Ok(ClaimOutcome::Claimed { token }),
+        Value::Int(1) => Ok(ClaimOutcome::Claimed { token, took_over: false }),
+        Value::Int(2) => Ok(ClaimOutcome::Claimed { token, took_over: true }),
         hash @ (Value::Array(_) | Value::Map(_)) => {
             let fields = Fields::from_value(hash).map_err(|e| malformed("claim", e))?;
             let ours = fields.token.as_deref() == Some(token.to_string().as_bytes());
             if retried && ours && fields.in_flight().unwrap_or(false) {
-                return Ok(ClaimOutcome::Claimed { token });
+                return Ok(ClaimOutcome::Claimed { token, took_over: false });
             }
             fields.holder().map_err(|e| malformed("claim", e))
         }

@@ -18,9 +18,11 @@
 //! | `body`         | completed only: the body bytes                               |
 //! | `body_omitted` | completed only: `0` or `1`                                   |
 //!
-//! The key carries a `PEXPIRE` equal to the lease while in flight and to the ttl once completed:
-//! Redis' own expiry ends leases and ttls (by the Redis clock, so the replicas' clocks need not
-//! agree), and a claim simply takes a key that is gone. [`Store::sweep`] has nothing to do.
+//! The key carries a `PEXPIRE` of the ttl once completed, and of the lease plus
+//! [`ABANDONED_CLAIM_RETENTION_MS`] while in flight: the lease runs while more than the retention
+//! remains, so that a claim that takes over an abandoned one can tell (and count) it. Redis' own
+//! clock ends leases and ttls, so the replicas' clocks need not agree, and a claim simply takes a
+//! key that is gone or whose lease has ended. [`Store::sweep`] has nothing to do.
 //!
 //! Every operation touches exactly one key (one command, or one Lua script over `KEYS[1]`), so
 //! the layout is cluster-safe as it is: no hash tags are needed and no operation can span slots.
@@ -78,7 +80,10 @@ mod tests;
 use fields::{bytes, claim_outcome, field_pairs, int};
 use scripts::{CLAIM, COMPLETE, RELEASE};
 
-use super::{Claim, ClaimOutcome, Completed, Record, RecordId, State, Store, StoreError, StoreFuture};
+use super::{
+    ABANDONED_CLAIM_RETENTION_MS, Claim, ClaimOutcome, Completed, Record, RecordId, State, Store, StoreError,
+    StoreFuture,
+};
 use crate::config::RedisConfig;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::io::tcp::TcpSettings;
@@ -262,6 +267,7 @@ impl Store for RedisStore {
             let lease_ms = claim.lease_ms.clamp(1, MAX_EXPIRY_MS);
             let fingerprint = claim.fingerprint.map(Vec::from).unwrap_or_default();
             let expires_ms = claim.now_ms.saturating_add(lease_ms);
+            let keep_ms = lease_ms.saturating_add(ABANDONED_CLAIM_RETENTION_MS).min(MAX_EXPIRY_MS);
             let (answer, retried) = conn
                 .run("claim", |_| {
                     let mut invocation = CLAIM.prepare_invoke();
@@ -271,7 +277,8 @@ impl Store for RedisStore {
                         .arg(&fingerprint[..])
                         .arg(claim.now_ms)
                         .arg(expires_ms)
-                        .arg(lease_ms);
+                        .arg(keep_ms)
+                        .arg(ABANDONED_CLAIM_RETENTION_MS);
                     Request::Script(invocation)
                 })
                 .await?;

@@ -4,19 +4,28 @@ use ::redis::Script;
 use std::sync::LazyLock;
 
 /// `KEYS[1]` the record; `ARGV`: token, fingerprint (empty for none), created_ms, expires_ms,
-/// lease_ms. Returns 1 if the key was taken, else the holder's hash (HGETALL).
+/// keep_ms, retention_ms. Returns 1 if the key was taken, 2 if it was taken over from a claim
+/// whose lease ended unfinished, else the holder's hash (HGETALL).
+///
+/// An in-flight record is kept `keep_ms` = lease + retention: while more than `retention_ms` of
+/// it remains, the lease runs. Redis' clock alone decides, as it does for the ttl.
 const CLAIM_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == '1' or (state == '0' and redis.call('PTTL', KEYS[1]) > tonumber(ARGV[6])) then
   return redis.call('HGETALL', KEYS[1])
+end
+local took_over = 0
+if state == '0' then
+  took_over = 1
+  redis.call('DEL', KEYS[1])
 end
 redis.call('HSET', KEYS[1], 'state', '0', 'token', ARGV[1], 'created_ms', ARGV[3], 'expires_ms', ARGV[4])
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
+return 1 + took_over
 ";
-
 /// `KEYS[1]` the record; `ARGV`: token, status, headers, body, body_omitted, expires_ms, ttl_ms,
 /// retry. Completes the record if it is in flight under `token` (1), else 0. A retry (`retry` is
 /// `1`) after a dropped connection also answers 1 if the record is already completed under

@@ -91,11 +91,11 @@ impl RedisStore {
         self.raw(cmd("PTTL").arg(self.key(id))).await
     }
 
-    /// Polls (bounded) until Redis' expiry has removed the key.
-    async fn wait_until_gone(&self, id: &RecordId) {
+    /// Polls (bounded) until Redis' clock has ended the record's lease.
+    async fn wait_for_lease_end(&self, id: &RecordId) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.exists(id).await {
-            assert!(Instant::now() < deadline, "the key did not expire within 5s");
+        while self.pttl(id).await > ABANDONED_CLAIM_RETENTION_MS {
+            assert!(Instant::now() < deadline, "the lease did not end within 5s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -115,7 +115,7 @@ async fn concurrent_claims_of_one_key_give_one_owner() {
     let mut owners = Vec::new();
     for task in tasks {
         match task.await.unwrap() {
-            ClaimOutcome::Claimed { token } => owners.push(token),
+            ClaimOutcome::Claimed { token, .. } => owners.push(token),
             ClaimOutcome::InFlight { fingerprint, expires_ms } => {
                 assert_eq!(fingerprint, Some([9; 32]));
                 assert!(expires_ms > now_ms() + 50_000);
@@ -139,7 +139,7 @@ async fn distinct_keys_are_all_claimed() {
         .collect();
     for (i, task) in tasks.into_iter().enumerate() {
         match task.await.unwrap() {
-            ClaimOutcome::Claimed { token } => assert_eq!(token, i as u64),
+            ClaimOutcome::Claimed { token, .. } => assert_eq!(token, i as u64),
             other => panic!("key {i}: {other:?}"),
         }
     }
@@ -149,18 +149,18 @@ async fn distinct_keys_are_all_claimed() {
 }
 
 #[tokio::test]
-async fn the_key_layout_is_one_hash_per_record_with_the_lease_as_expiry() {
+async fn the_key_layout_is_one_hash_per_record_kept_for_lease_and_retention() {
     let Some(store) = open_test_store().await else { return };
     let rid = RecordId { route: "orders".into(), scope: "0a1b".into(), key: "evt:42:x".into() };
-    assert!(matches!(store.claim(claim(&rid, 5, None, 30_000)).await.unwrap(), ClaimOutcome::Claimed { token: 5 }));
+    assert!(matches!(store.claim(claim(&rid, 5, None, 30_000)).await.unwrap(), ClaimOutcome::Claimed { token: 5, .. }));
     let literal = format!("{}orders:0a1b:evt:42:x", store.prefix);
     assert_eq!(store.key(&rid), literal);
     assert_eq!(store.raw::<String>(cmd("TYPE").arg(&literal)).await, "hash");
     let mut fields: Vec<String> = store.raw(cmd("HKEYS").arg(&literal)).await;
     fields.sort();
     assert_eq!(fields, ["created_ms", "expires_ms", "state", "token"], "no fingerprint field when there is none");
-    let pttl = store.pttl(&rid).await;
-    assert!((29_000..=30_000).contains(&pttl), "the lease is the expiry: {pttl}");
+    let pttl = store.pttl(&rid).await - ABANDONED_CLAIM_RETENTION_MS;
+    assert!((29_000..=30_000).contains(&pttl), "the lease, then the retention: {pttl}");
     // An unscoped record: the scope is empty between the separators.
     assert_eq!(store.key(&id("k")), format!("{}r::k", store.prefix));
     store.delete(rid).await.unwrap();
@@ -170,15 +170,16 @@ async fn the_key_layout_is_one_hash_per_record_with_the_lease_as_expiry() {
 async fn the_token_fences_completion_and_release() {
     let Some(store) = open_test_store().await else { return };
     let key = id("fence");
-    assert!(matches!(store.claim(claim(&key, 1, None, 200)).await.unwrap(), ClaimOutcome::Claimed { token: 1 }));
+    assert!(matches!(store.claim(claim(&key, 1, None, 200)).await.unwrap(), ClaimOutcome::Claimed { token: 1, .. }));
     // Another token can neither complete nor release.
     assert!(!store.complete(key.clone(), 2, completed(60_000, binary_body(), false)).await.unwrap());
     store.release(key.clone(), 2).await.unwrap();
     assert_eq!(store.get(key.clone()).await.unwrap().unwrap().state, State::InFlight);
 
-    // The lease (200 ms) ends by Redis' expiry; a new token takes the key over.
-    store.wait_until_gone(&key).await;
-    assert!(matches!(store.claim(claim(&key, 3, None, 60_000)).await.unwrap(), ClaimOutcome::Claimed { token: 3 }));
+    // The lease (200 ms) ends by Redis' clock; a new token takes the key over, and says so.
+    store.wait_for_lease_end(&key).await;
+    let outcome = store.claim(claim(&key, 3, None, 60_000)).await.unwrap();
+    assert!(matches!(outcome, ClaimOutcome::Claimed { token: 3, took_over: true }), "{outcome:?}");
     // The old owner, back from its pause, is fenced out of both.
     assert!(!store.complete(key.clone(), 1, completed(60_000, binary_body(), false)).await.unwrap());
     store.release(key.clone(), 1).await.unwrap();
@@ -198,7 +199,7 @@ async fn release_forgets_the_claim() {
     store.claim(claim(&key, 1, None, 60_000)).await.unwrap();
     store.release(key.clone(), 1).await.unwrap();
     assert!(!store.exists(&key).await);
-    assert!(matches!(store.claim(claim(&key, 2, None, 60_000)).await.unwrap(), ClaimOutcome::Claimed { token: 2 }));
+    assert!(matches!(store.claim(claim(&key, 2, None, 60_000)).await.unwrap(), ClaimOutcome::Claimed { token: 2, .. }));
     store.delete(key).await.unwrap();
 }
 
@@ -286,7 +287,7 @@ async fn a_killed_connection_is_replaced_and_the_next_operation_succeeds() {
     assert_eq!(killed, 1);
 
     let key = id("reconnect");
-    assert!(matches!(store.claim(claim(&key, 1, None, 60_000)).await.unwrap(), ClaimOutcome::Claimed { token: 1 }));
+    assert!(matches!(store.claim(claim(&key, 1, None, 60_000)).await.unwrap(), ClaimOutcome::Claimed { token: 1, .. }));
     let after: i64 = store.raw(cmd("CLIENT").arg("ID")).await;
     assert_ne!(before, after, "a new connection");
     // Again, with the client idle long enough to see the close before the next operation.
@@ -424,7 +425,7 @@ async fn an_outage_gives_unavailable_and_the_store_recovers_without_restart() {
             Err(e) => panic!("no recovery within 5s: {e}"),
         }
     };
-    assert!(matches!(outcome, ClaimOutcome::Claimed { token: 3 }), "{outcome:?}");
+    assert!(matches!(outcome, ClaimOutcome::Claimed { token: 3, .. }), "{outcome:?}");
     assert_eq!(store.get(a.clone()).await.unwrap().unwrap().state, State::InFlight, "the records are intact");
     store.check_writable().await.unwrap();
     store.delete(a).await.unwrap();
@@ -440,7 +441,7 @@ async fn a_retry_recognises_its_own_applied_attempt() {
     let key = id("retry");
     store.claim(claim(&key, 41, Some([1; 32]), 60_000)).await.unwrap();
     let hash: Value = store.raw(cmd("HGETALL").arg(store.key(&key))).await;
-    assert!(matches!(claim_outcome(hash.clone(), 41, true).unwrap(), ClaimOutcome::Claimed { token: 41 }));
+    assert!(matches!(claim_outcome(hash.clone(), 41, true).unwrap(), ClaimOutcome::Claimed { token: 41, .. }));
     assert!(matches!(claim_outcome(hash.clone(), 41, false).unwrap(), ClaimOutcome::InFlight { .. }), "as SQLite");
     assert!(matches!(claim_outcome(hash, 42, true).unwrap(), ClaimOutcome::InFlight { .. }), "another token");
 

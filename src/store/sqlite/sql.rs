@@ -1,6 +1,7 @@
 //! The statements: one function per operation, run on the writer thread inside its transaction.
 
 use super::{Op, Outcome};
+use crate::store::ABANDONED_CLAIM_RETENTION_MS;
 use crate::store::record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -23,9 +24,14 @@ pub(super) fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
         ),
         Op::Sweep(now_ms, limit) => Outcome::Count(
             conn.prepare_cached(
-                "DELETE FROM records WHERE id IN (SELECT id FROM records WHERE expires_ms <= ?1 LIMIT ?2)",
+                "DELETE FROM records WHERE id IN
+                     (SELECT id FROM records WHERE expires_ms <= ?1 AND (state = 1 OR expires_ms <= ?2) LIMIT ?3)",
             )?
-            .execute(params![now_ms, *limit as i64])?,
+            .execute(params![
+                now_ms,
+                now_ms.saturating_sub(ABANDONED_CLAIM_RETENTION_MS),
+                *limit as i64
+            ])?,
         ),
         Op::Close => Outcome::Unit,
         Op::Ping => {
@@ -38,17 +44,22 @@ pub(super) fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
 
 /// One statement decides the claim: insert the key, or take over a record whose lease or ttl
 /// has ended. Only if that did not happen is the holder read, to tell replay from in-flight.
+///
+/// `status` means nothing while a record is in flight, so a takeover of an abandoned claim
+/// (one whose lease ended) marks itself there with 0: `RETURNING` sees only the new row, and
+/// this is how it tells that takeover, a possible second delivery, from a fresh insert.
 fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
-    let taken: Option<i64> = conn
+    let taken: Option<(i64, Option<i64>)> = conn
         .prepare_cached(
             "INSERT INTO records (route, scope, key, state, token, fingerprint, created_ms, expires_ms)
              VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)
              ON CONFLICT (route, scope, key) DO UPDATE SET
                  state = 0, token = excluded.token, fingerprint = excluded.fingerprint,
                  created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
-                 status = NULL, headers = NULL, body = NULL, body_omitted = 0
+                 status = CASE WHEN records.state = 0 THEN 0 END,
+                 headers = NULL, body = NULL, body_omitted = 0
              WHERE records.expires_ms <= excluded.created_ms
-             RETURNING token",
+             RETURNING token, status",
         )?
         .query_row(
             params![
@@ -60,11 +71,13 @@ fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
                 c.now_ms,
                 c.now_ms.saturating_add(c.lease_ms)
             ],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    if taken == Some(c.token as i64) {
-        return Ok(ClaimOutcome::Claimed { token: c.token });
+    if let Some((token, status)) = taken
+        && token == c.token as i64
+    {
+        return Ok(ClaimOutcome::Claimed { token: c.token, took_over: status == Some(0) });
     }
     let holder = conn
         .prepare_cached(
@@ -119,9 +132,10 @@ fn get(conn: &Connection, id: &RecordId) -> rusqlite::Result<Option<Record>> {
         "SELECT state, status, created_ms, expires_ms FROM records WHERE route=?1 AND scope=?2 AND key=?3",
     )?
     .query_row(params![&*id.route, id.scope, id.key], |r| {
+        let completed = r.get::<_, i64>(0)? != 0;
         Ok(Record {
-            state: if r.get::<_, i64>(0)? == 0 { State::InFlight } else { State::Completed },
-            status: r.get(1)?,
+            state: if completed { State::Completed } else { State::InFlight },
+            status: if completed { r.get(1)? } else { None },
             created_ms: r.get(2)?,
             expires_ms: r.get(3)?,
         })
