@@ -35,6 +35,7 @@ pub mod key;
 pub mod metrics;
 pub mod pipeline;
 pub mod preset;
+pub mod reload;
 pub mod replay;
 pub mod route;
 pub mod server;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use idemgate::config;
+use idemgate::reload::{self, Reloader, Trigger};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -89,14 +90,18 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let running = match idemgate::server::start(cfg).await {
+        let running = match idemgate::server::start(cfg.clone()).await {
             Ok(running) => running,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        let reloader = running.reloader(path.to_path_buf(), cfg);
+        // Without a watch (no inotify instances left, say), SIGHUP still reloads.
+        let _watch = reload::watch_file(reloader.clone())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP"));
+        wait_for_stop(&reloader).await;
         running.shutdown().await;
         ExitCode::SUCCESS
     });
@@ -106,14 +111,22 @@ fn serve(path: &std::path::Path) -> ExitCode {
     code
 }
 
-async fn wait_for_signal() {
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads the config.
+async fn wait_for_stop(reloader: &Reloader) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         tracing::error!("cannot install signal handlers; stopping");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => return tracing::info!(signal = "SIGTERM", "stopping"),
+            _ = int.recv() => return tracing::info!(signal = "SIGINT", "stopping"),
+            _ = hup.recv() => {
+                reloader.reload(Trigger::Signal);
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::error::Body;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::reload::Reloader;
 use crate::route::Router;
 use crate::store::{CompletedCache, PostgresStore, Records, RedisStore, SqliteStore, Store, spawn_sweeper};
 use crate::upstream::Upstream;
@@ -49,11 +50,18 @@ pub enum StartError {
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl Running {
+    /// Reloads `path` into this proxy on request; `config` is the one it was started with.
+    pub fn reloader(&self, path: std::path::PathBuf, config: Config) -> Arc<Reloader> {
+        Arc::new(Reloader::new(path, config, self.pipeline.clone(), self.metrics.clone()))
+    }
+
     /// Drains and stops; returns once the store is closed.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -101,7 +109,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let proxy_loop = tokio::spawn(proxy_loop);
     let admin_loop = tokio::spawn(admin_loop);
-    let sweeper = spawn_sweeper(backend.clone(), SWEEP_EVERY, metrics);
+    let sweeper = spawn_sweeper(backend.clone(), SWEEP_EVERY, metrics.clone());
+    let handles = (pipeline.clone(), metrics);
     let grace = config.server.shutdown_grace.0;
 
     let task = tokio::spawn(async move {
@@ -130,7 +139,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::info!("stopped");
     });
     tracing::info!(listen = %proxy_addr, admin = %admin_addr, "listening");
-    Ok(Running { proxy_addr, admin_addr, stop, task })
+    let (pipeline, metrics) = handles;
+    Ok(Running { proxy_addr, admin_addr, pipeline, metrics, stop, task })
 }
 
 /// Opens the configured backend. A shared store that cannot be reached at start is an error:
