@@ -1,5 +1,5 @@
 //! The shipped configs are valid as shipped: `idemgate check` accepts every sample route file in
-//! `examples/routes/` and `config/idemgate.yaml`, with the secrets they name
+//! `examples/routes/`, the demo's config and `config/idemgate.yaml`, with the secrets they name
 //! set to dummy values. There is a sample for every preset, and each says where its secret
 //! comes from.
 
@@ -72,8 +72,9 @@ fn every_sample_route_file_passes_check() {
 }
 
 #[test]
-fn the_shipped_config_passes_check() {
+fn the_shipped_config_and_the_demo_config_pass_check() {
     assert_valid(&repo("config/idemgate.yaml"));
+    assert_valid(&repo("examples/demo/idemgate.yaml"));
 }
 
 #[test]
