@@ -26,6 +26,12 @@ enum Command {
         #[arg(long, env = "IDEMGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Exit 0 if the proxy of this config answers `GET /healthz` on its admin listener, else 1.
+    /// For container health checks in images without curl.
+    Health {
+        #[arg(long, env = "IDEMGATE_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 /// An invalid config (or command line) exits 2; a failure at run time exits 1.
@@ -35,6 +41,24 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Health { config } => health(&config),
+    }
+}
+
+fn health(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("unhealthy: invalid config: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match idemgate::admin::probe(cfg.admin.listen, std::time::Duration::from_secs(2)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -77,6 +101,8 @@ fn invalid(e: &config::ConfigError) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
+    // Before loading: a change made in between is then seen as a change.
+    let loaded = reload::digest(path);
     let cfg = match config::load(path) {
         Ok(cfg) => cfg,
         Err(e) => return invalid(&e),
@@ -97,10 +123,12 @@ fn serve(path: &std::path::Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let reloader = running.reloader(path.to_path_buf(), cfg);
+        let reloader = running.reloader(path.to_path_buf(), cfg, loaded);
         // Without a watch (no inotify instances left, say), SIGHUP still reloads.
         let _watch = reload::watch_file(reloader.clone())
             .inspect_err(|e| tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP"));
+        // Last: whoever waits for this line may change the config file at once.
+        tracing::info!(listen = %running.proxy_addr, admin = %running.admin_addr, "listening");
         wait_for_stop(&reloader).await;
         running.shutdown().await;
         ExitCode::SUCCESS

@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 /// Events closer together than this are one change: an editor or a ConfigMap update writes
 /// several entries, and reading the file between them could see it half-written.
 const SETTLE: Duration = Duration::from_millis(200);
+/// A directory that never stops changing is read after this long all the same.
+const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// What asked for the reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +37,10 @@ pub enum Trigger {
 #[derive(Debug)]
 pub enum ReloadOutcome {
     /// The new routes serve; `restart_needed` lists the changed sections that do not change live.
-    Applied { routes: usize, restart_needed: Vec<&'static str> },
+    Applied {
+        routes: usize,
+        restart_needed: Vec<&'static str>,
+    },
     /// The file is as it was when last loaded.
     Unchanged,
     Refused(ConfigError),
@@ -53,13 +58,19 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, started: Config, pipeline: Arc<Pipeline>, metrics: Arc<Metrics>) -> Reloader {
-        let digest = std::fs::read(&path).ok().map(|bytes| Sha256::digest(&bytes).into());
-        Reloader { path, started, pipeline, metrics, last_seen: Mutex::new(digest) }
+    /// `loaded` is the [`digest`] of the file taken before `started` was loaded from it.
+    pub fn new(
+        path: PathBuf,
+        started: Config,
+        loaded: Option<[u8; 32]>,
+        pipeline: Arc<Pipeline>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
+        Reloader { path, started, pipeline, metrics, last_seen: Mutex::new(loaded) }
     }
 
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
-        let digest: Option<[u8; 32]> = std::fs::read(&self.path).ok().map(|bytes| Sha256::digest(&bytes).into());
+        let digest = digest(&self.path);
         {
             let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
             if trigger == Trigger::FileChanged && digest.is_some() && *last == digest {
@@ -107,6 +118,11 @@ impl Reloader {
     }
 }
 
+/// The file's SHA-256, or None if it cannot be read.
+pub fn digest(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|bytes| Sha256::digest(&bytes).into())
+}
+
 /// The sections that differ from the running process's and cannot change without a restart.
 fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
     let changed = [
@@ -126,9 +142,10 @@ fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
 /// long as the returned watcher.
 pub fn watch_file(reloader: Arc<Reloader>) -> notify::Result<notify::RecommendedWatcher> {
     let dir = watched_dir(&reloader.path);
+    let path = reloader.path.clone();
     let (events, mut changes) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|event| event.paths.iter().any(|changed| concerns(&path, changed))) {
             let _ = events.send(());
         }
     })?;
@@ -136,11 +153,27 @@ pub fn watch_file(reloader: Arc<Reloader>) -> notify::Result<notify::Recommended
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
             // Wait for the burst of events to settle before reading the file.
-            while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.recv()).await {}
+            let settled = tokio::time::Instant::now() + MAX_SETTLE;
+            while let Ok(Some(())) =
+                tokio::time::timeout_at(settled.min(tokio::time::Instant::now() + SETTLE), changes.recv()).await
+            {
+            }
             reloader.reload(Trigger::FileChanged);
         }
     });
     Ok(watcher)
+}
+
+/// Whether a change of `changed` (an entry of the config's directory) can change the config: the
+/// file itself, or the first step of a relative symlink it is (Kubernetes' `..data`). Other files
+/// in the directory, a database beside the config say, are not worth reading the config for.
+fn concerns(config: &Path, changed: &Path) -> bool {
+    let Some(name) = changed.file_name() else { return false };
+    if config.file_name() == Some(name) {
+        return true;
+    }
+    let link = std::fs::read_link(config).unwrap_or_default();
+    link.is_relative() && link.components().next().is_some_and(|first| first.as_os_str() == name)
 }
 
 fn watched_dir(path: &Path) -> PathBuf {

@@ -57,9 +57,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Reloads `path` into this proxy on request; `config` is the one it was started with.
-    pub fn reloader(&self, path: std::path::PathBuf, config: Config) -> Arc<Reloader> {
-        Arc::new(Reloader::new(path, config, self.pipeline.clone(), self.metrics.clone()))
+    /// Reloads `path` into this proxy on request; `config` is the one it was started with, loaded
+    /// from the file whose digest was `loaded`.
+    pub fn reloader(&self, path: std::path::PathBuf, config: Config, loaded: Option<[u8; 32]>) -> Arc<Reloader> {
+        Arc::new(Reloader::new(path, config, loaded, self.pipeline.clone(), self.metrics.clone()))
     }
 
     /// Drains and stops; returns once the store is closed.
@@ -138,7 +139,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         tracing::info!("stopped");
     });
-    tracing::info!(listen = %proxy_addr, admin = %admin_addr, "listening");
     let (pipeline, metrics) = handles;
     Ok(Running { proxy_addr, admin_addr, pipeline, metrics, stop, task })
 }

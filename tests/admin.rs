@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::child::{ChildProxy, write_config};
 use common::{HEADER_ROUTE, TestApp, TestProxy};
 
 #[tokio::test]
@@ -137,4 +138,30 @@ async fn metrics_show_the_build_the_store_size_and_cache_evictions() {
         proxy.metric("idemgate_store_bytes").await
     );
     assert_eq!(app.count("e0"), 1, "an evicted record is still replayed, from the store");
+}
+
+/// `idemgate health --config FILE` probes the admin listener the file names (for container health
+/// checks in images without curl): 0 while the proxy serves, 1 once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_command_probes_the_admin_listener() {
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The probe needs a known port: take a free one (unspecified, as in a container).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let body = format!("admin: {{ listen: '0.0.0.0:{port}', token: t0ken }}\n{HEADER_ROUTE}");
+    let config = write_config(dir.path(), &app.url(), &body);
+    let health = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_idemgate"))
+            .args(["health", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let proxy = ChildProxy::spawn(&config);
+    let up = health();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    proxy.kill();
+    let down = health();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).starts_with("unhealthy: 127.0.0.1:"), "{down:?}");
 }

@@ -24,6 +24,30 @@ async fn an_unreachable_app_gets_502_and_releases_the_key() {
     assert_eq!(app.count("k"), 1);
 }
 
+/// A sidecar's app may stop before idemgate does (Kubernetes stops a pod's main containers before
+/// its native sidecars): deliveries then get 502 with Retry-After, and their keys are released so
+/// the provider's retry is forwarded once the app is back.
+#[tokio::test]
+async fn an_app_that_stops_gets_502_with_retry_after_and_the_key_is_released() {
+    let app = TestApp::start().await;
+    let addr = app.addr;
+    let proxy = TestProxy::start(&app, HEADER_ROUTE).await;
+    // A pooled connection to the app exists when it goes away.
+    assert_eq!(proxy.post("/hooks/a", &[("idempotency-key", "before")], "{}").await.status, 200);
+    app.kill().await;
+
+    let reply = proxy.post("/hooks/a", &[("idempotency-key", "during")], "{}").await;
+    assert_eq!(reply.assert_problem(502), "urn:idemgate:problem:upstream-unreachable");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(proxy.admin.get("/admin/keys/hooks/during").await.status, 404, "released: no record");
+    assert!(proxy.post("/hooks/a", &[("idempotency-key", "before")], "{}").await.replayed(), "replays go on");
+
+    let app = TestApp::start_on(&addr.to_string()).await;
+    let retry = proxy.post("/hooks/a", &[("idempotency-key", "during")], "{}").await;
+    assert_eq!((retry.status, retry.replayed()), (http::StatusCode::OK, false), "forwarded once the app is back");
+    assert_eq!(app.count("during"), 1);
+}
+
 #[tokio::test]
 async fn a_slow_app_gets_504_and_releases_the_key() {
     let app = TestApp::start().await;

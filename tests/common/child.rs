@@ -72,6 +72,25 @@ impl ChildProxy {
         }
     }
 
+    /// Waits up to `limit` for the next log line whose message starts with `message`; returns it parsed.
+    /// Blocks the thread: call it from a multi-threaded runtime (`block_in_place`).
+    pub fn wait_for_log(&self, message: &str, limit: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no {message:?} log line ({e}); the lines since: {seen:#?}"));
+            seen.push(line.clone());
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"].as_str().is_some_and(|m| m.starts_with(message)) {
+                return v;
+            }
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success(), "kill -s {signal} failed");

@@ -74,11 +74,15 @@ impl TestApp {
         let task = {
             let state = state.clone();
             tokio::spawn(async move {
+                // The connections belong to this task: aborting it closes them all, as the end of
+                // an app's process would.
+                let mut connections = tokio::task::JoinSet::new();
                 loop {
                     let Ok((stream, _)) = listener.accept().await else { continue };
+                    while connections.try_join_next().is_some() {}
                     let state = state.clone();
                     let tx = tx.clone();
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         let service = service_fn(move |req| answer(req, state.clone(), tx.clone()));
                         let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                     });
@@ -86,6 +90,12 @@ impl TestApp {
             })
         };
         TestApp { addr, state, arrivals: tokio::sync::Mutex::new(rx), task }
+    }
+
+    /// Stops the app as its process ending would: the listener and every connection closed.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 
     pub fn url(&self) -> String {
