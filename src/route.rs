@@ -4,7 +4,7 @@
 //! `/webhooks/./github` cannot slip past the github route as an unprotected pass-through. The
 //! request itself is forwarded as it arrived.
 
-use crate::config::{Concurrent, Dur, Policy, RouteConfig, RouteOptions, StatusPattern};
+use crate::config::{Concurrent, Dur, FingerprintSpec, Policy, RouteConfig, RouteOptions, StatusPattern};
 use crate::fingerprint::Fingerprinter;
 use crate::key::KeyExtractor;
 use crate::preset::Preset;
@@ -125,20 +125,25 @@ impl Route {
         };
         let p = &self.policy;
         format!(
-            "{name}: {kind} {path} ({methods}); key {key}{scope}; ttl {ttl}, lease {lease}, concurrent {conc:?}, \
-             store_status {status:?}, max_body {mb}, max_response_body {mrb}, missing_key {mk:?}, fingerprint {fp:?}",
+            "{name}: {kind} {path} ({methods}); key {key}{scope}; ttl {ttl}, lease {lease}, concurrent {conc}, \
+             store_status {status:?}, max_body {mb}, max_response_body {mrb}, missing_key {mk}, fingerprint {fp}",
             name = self.name,
             key = self.key.describe(),
             scope = self.scope.as_ref().map(|s| format!(", scope {}", s.describe())).unwrap_or_default()
                 + &self.verifier.as_ref().map(|v| format!(", verify {}", v.describe())).unwrap_or_default(),
             ttl = p.ttl,
             lease = p.lease,
-            conc = p.concurrent,
+            // As the YAML spells them.
+            conc = format!("{:?}", p.concurrent).to_lowercase(),
             status = p.store_status.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
             mb = p.max_body,
             mrb = p.max_response_body,
-            mk = p.missing_key,
-            fp = p.fingerprint,
+            mk = format!("{:?}", p.missing_key).to_lowercase(),
+            fp = match &p.fingerprint {
+                FingerprintSpec::None => "none".to_string(),
+                FingerprintSpec::Body => "body".to_string(),
+                FingerprintSpec::Json(pointers) => format!("json {pointers:?}"),
+            },
         )
     }
 }
