@@ -107,6 +107,36 @@ fn environment_variables_override_the_file() {
     assert!(text.contains("bogus"), "{text}");
 }
 
+/// A required field may come from the environment alone: a database URL with its password is kept
+/// out of the file (a Kubernetes Secret in an env var).
+#[test]
+fn a_required_field_may_come_from_the_environment_alone() {
+    let yaml = VALID.replace("upstream:", "store: { postgres: { pool_size: 4 } }\nupstream:");
+    assert_ne!(yaml, VALID);
+    let (code, text) = check_yaml(&yaml, &[]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("url") && text.contains("line "), "the file's own fault, with its place: {text}");
+    let (code, text) = check_yaml(&yaml, &[("IDEMGATE_STORE__POSTGRES__URL", "postgres://u:secret@db:5432/idemgate")]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("store postgres") && !text.contains("secret"), "{text}");
+}
+
+/// Kubernetes sets `IDEMGATE_SERVICE_HOST`, `IDEMGATE_PORT_8080_TCP`, ... in every pod of a
+/// namespace with a Service named `idemgate`; they are not config, and must not stop a start.
+#[test]
+fn kubernetes_service_link_variables_are_not_config() {
+    let links = [
+        ("IDEMGATE_SERVICE_HOST", "10.0.0.7"),
+        ("IDEMGATE_SERVICE_PORT", "8080"),
+        ("IDEMGATE_SERVICE_PORT_HTTP", "8080"),
+        ("IDEMGATE_PORT", "tcp://10.0.0.7:8080"),
+        ("IDEMGATE_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+        ("IDEMGATE_PORT_8080_TCP_ADDR", "10.0.0.7"),
+    ];
+    let (code, text) = check_yaml(VALID, &links);
+    assert_eq!(code, 0, "{text}");
+}
+
 #[test]
 fn idemgate_config_names_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -347,23 +347,33 @@ policy_fields! {
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
-    // serde-saphyr reports the line and column of what it rejects in the file itself; the
-    // figment pass below adds the environment but loses positions, so check the file first.
-    serde_saphyr::from_str_with_options::<Config>(&text, serde_saphyr::options! { with_snippet: false })
-        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-    let config: Config = Figment::from(serde_saphyr::figment::Yaml::string(&text))
-        .merge(env_overrides())
-        .extract()
-        .map_err(|e| ConfigError(describe_figment_error(e)))?;
+    let config: Config =
+        Figment::from(serde_saphyr::figment::Yaml::string(&text)).merge(env_overrides()).extract().map_err(|e| {
+            // The figment pass (file and environment) loses positions; serde-saphyr reports the
+            // line and column of what it rejects in the file itself, so where the file alone is
+            // at fault, say where. The file alone may also lack what the environment supplies
+            // (a database URL with its password, say), which is why it is not checked first.
+            match serde_saphyr::from_str_with_options::<Config>(&text, serde_saphyr::options! { with_snippet: false })
+            {
+                Err(in_file) => ConfigError(format!("{}: {in_file}", path.display())),
+                Ok(_) => ConfigError(describe_figment_error(e)),
+            }
+        })?;
     config.validate()?;
     Ok(config)
 }
 
-/// `IDEMGATE_UPSTREAM__URL=...` sets `upstream.url`. `IDEMGATE_CONFIG` names the file and the
-/// test suite's `IDEMGATE_TEST_*` variables are not config.
+/// `IDEMGATE_UPSTREAM__URL=...` sets `upstream.url`. Not config: `IDEMGATE_CONFIG` (names the
+/// file), the test suite's `IDEMGATE_TEST_*`, and the variables Kubernetes sets for a Service named
+/// `idemgate` in the same namespace (`IDEMGATE_SERVICE_HOST`, `IDEMGATE_PORT_8080_TCP`, ...), which
+/// would otherwise stop the pod from starting as unknown fields.
 fn env_overrides() -> Env {
     Env::prefixed("IDEMGATE_")
-        .filter(|k| k != "config" && !k.as_str().to_ascii_lowercase().starts_with("test_"))
+        .filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            let service_link = k.starts_with("service_") || k == "port" || k.starts_with("port_");
+            k != "config" && !k.starts_with("test_") && !service_link
+        })
         .split("__")
 }
 
