@@ -280,7 +280,7 @@ impl Case<'_> {
         match by {
             By::Owner => self.model.owner(slot).unwrap_or(STRANGER),
             By::Issued(_) if self.issued.is_empty() => STRANGER,
-            By::Issued(n) => self.issued[n % self.issued.len()].token,
+            By::Issued(back) => self.issued[self.issued.len() - 1 - back % self.issued.len()].token,
             By::Stranger => STRANGER,
         }
     }

@@ -45,7 +45,7 @@ fn a_lease_ends_exactly_at_its_expiry_and_fences_out_its_owner() {
         Op::Advance { ms: 1 },
         // Taken over, and said so; the first claim's completion is refused.
         claim(Payload::B, 1_000),
-        complete(By::Issued(0), 1_000),
+        complete(By::Issued(2), 1_000),
         complete(By::Owner, 1_000),
         claim(Payload::A, 1_000),
     ]);
