@@ -1,35 +1,45 @@
 //! Model-based tests of the stores: random sequences of operations run against a real store and
-//! against a reference model of the contract ([`spec`], a map with time passed in) side by side;
+//! against a reference model of the contract ([`spec`]: a map, with time passed in) side by side;
 //! every answer must match, and a failing sequence is shrunk to a minimal one.
 //!
-//! Operations ([`ops`]): claim (a fresh token each, one of three payloads, a lease, and sometimes
-//! a clock skew: another replica's clock), complete and release (by the owner, by another issued
-//! token, by a stranger), get, delete, sweep (a batch of 1, 2 or 1000, maybe skewed), time passing
+//! Operations ([`ops`]): claim (a fresh token each, one of three payloads, a lease, sometimes a
+//! clock skew: another replica's clock), complete and release (by the owner, by a recent stale
+//! claim, by a stranger), get, delete, sweep (a batch of 1, 2 or 1000, maybe skewed), time passing
 //! (half-second steps that land leases and ttls exactly on "now", and jumps of the abandoned-claim
-//! retention), and a reopen (the process restarts: the backend is closed and opened again, the
-//! cache starts empty). Four records (two routes, a scope, two keys) so that operations collide.
+//! retention), and a reopen (the process is killed and started again: the backend is opened anew,
+//! the cache starts empty). Four records (two routes, a scope, two keys) so that operations meet
+//! and records must still be kept apart. Every case ends with the same epilogue: everything
+//! expires, is claimed again, completed, replayed and swept at the exact boundaries.
 //!
 //! Checked after every operation: the claim's outcome field by field (claimed with `took_over`,
 //! in flight with its fingerprint and lease end, completed with its response, fingerprint and
 //! times), the decision `decide` takes on it against the semantics table, what complete answers,
-//! get, delete, and how many records a sweep deleted (and that they were sweepable); at the end,
-//! every record.
+//! get, delete, and how many records a sweep deleted (and that they were sweepable); after the
+//! case and after the epilogue, every record. A run also fails if no case reached one of the
+//! situations in [`coverage`] (a takeover, a replay, a mismatch, a fenced-out owner, ...), so
+//! that a generator that drifted into easy cases cannot pass unnoticed.
 //!
-//! Backends: SQLite (a file in a temp dir) always; PostgreSQL (a schema per case) and Redis (a key
-//! prefix per case) when `IDEMGATE_TEST_POSTGRES_URL` / `IDEMGATE_TEST_REDIS_URL` are set, else
-//! they say SKIPPED on stderr. Each both directly and through `Records`, the cache the pipeline
-//! uses: a completed record answered from memory must be what the backend would answer.
+//! Backends: SQLite (a file per case in a temp dir) always; PostgreSQL (a schema per test, left
+//! empty by each case) and Redis (a key prefix per case) when `IDEMGATE_TEST_POSTGRES_URL` /
+//! `IDEMGATE_TEST_REDIS_URL` are set, else they say SKIPPED on stderr. Each both directly and
+//! through `Records`, the cache the pipeline uses: a completed record answered from memory must be
+//! what the backend would answer, including once its ttl has ended.
 //!
 //! Time is the test's: claims, completions and sweeps carry it, and nothing sleeps. SQLite and
 //! PostgreSQL judge leases and ttls only by the times they are given, so time passes freely and
 //! callers' clocks may differ. Through `Records` time only moves forward, as one process' clock
 //! does (a claim from a clock behind one that already took over a completed key would get the
-//! cached replay, as that clock has every right to). Redis ends leases and ttls by its own
-//! clock, so its runs are timeless: leases and ttls of a minute or more, no time passing, skews
-//! of a second; lease takeover and ttl expiry on Redis are covered by tests/backends.rs, which
-//! waits for Redis' clock.
+//! cached replay, as that clock has every right to). Redis ends leases and ttls by its own clock
+//! (an in-flight key's lease runs while its PTTL exceeds the retention; a completed key's PEXPIRE
+//! is counted from the real now), which the test's time cannot move. So Redis runs are timeless:
+//! leases and ttls of a minute or more, no time passing within a case (which takes well under a
+//! second), skews of a second that must change nothing, and a sweep must find nothing (Redis
+//! expires keys itself). Lease takeover and ttl expiry on Redis are covered by tests/backends.rs,
+//! which waits for Redis' clock.
 //!
-//! `PROPTEST_CASES` sets the number of cases (64 by default, of up to 30 operations).
+//! `PROPTEST_CASES` sets the number of cases (64 by default, of up to 30 operations each);
+//! `--nocapture` shows how often each situation came up. Minimal failing cases worth keeping go
+//! to [`regressions`], with the boundaries pinned there.
 
 #[path = "model/backends.rs"]
 mod backends;
@@ -78,9 +88,9 @@ fn check(kind: Kind, through: Through, profile: Profile) {
         Ok(()) => {}
         Err(TestError::Fail(why, ops)) => {
             let listing: Vec<String> = ops.iter().enumerate().map(|(i, op)| format!("  {i:2}: {op:?}")).collect();
-            panic!("{kind:?} through {through:?}: {why}\nminimal failing case:\n{}", listing.join("\n"));
+            panic!("{} through {through:?}: {why}\nminimal failing case:\n{}", kind.name(), listing.join("\n"));
         }
-        Err(TestError::Abort(why)) => panic!("{kind:?} through {through:?}: aborted: {why}"),
+        Err(TestError::Abort(why)) => panic!("{} through {through:?}: aborted: {why}", kind.name()),
     }
     let mut required = coverage::ALWAYS.to_vec();
     if profile.advances {
@@ -91,9 +101,9 @@ fn check(kind: Kind, through: Through, profile: Profile) {
     }
     let seen = seen.into_inner();
     // Shown with --nocapture: how often each situation came up.
-    println!("{kind:?} through {through:?}, {} cases:\n{seen}", cases.get());
+    println!("{} through {through:?}, {} cases:\n{seen}", kind.name(), cases.get());
     let missing = seen.missing(&required);
-    assert!(missing.is_empty(), "{kind:?} through {through:?}: no case reached {missing:?}; reached:\n{seen}");
+    assert!(missing.is_empty(), "{} through {through:?}: no case reached {missing:?}; reached:\n{seen}", kind.name());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Kind {
     Sqlite,
     /// The server's url.
@@ -19,6 +19,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// For messages: the urls may carry credentials.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Sqlite => "SQLite",
+            Kind::Postgres(_) => "PostgreSQL",
+            Kind::Redis(_) => "Redis",
+        }
+    }
+
     /// Postgres or Redis as named by the environment; None (and a line on stderr) when unset.
     pub fn from_env(var: &str, make: fn(String) -> Kind) -> Option<Kind> {
         match std::env::var(var).ok().filter(|url| !url.is_empty()) {

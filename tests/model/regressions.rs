@@ -22,7 +22,7 @@ fn on_timed_backends(ops: &[Op]) {
             let result = runtime.block_on(run_case(&place, 1, through, ops, &epilogue(Profile::TIMED)));
             runtime.block_on(place.remove());
             if let Err(why) = result {
-                panic!("{kind:?} through {through:?}: {why}");
+                panic!("{} through {through:?}: {why}", kind.name());
             }
         }
     }
