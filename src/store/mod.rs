@@ -154,7 +154,9 @@ async fn timed<T>(histogram: &Histogram, op: StoreFuture<T>) -> Result<T, StoreE
     result
 }
 
-/// Milliseconds since the Unix epoch. Records outlive the process, so their times are wall-clock.
+/// Milliseconds since the Unix epoch, by the process clock ([`crate::clock`]). Records outlive the
+/// process, so their times are wall-clock; the process clock keeps small or short-lived steps of
+/// the system clock out of the leases and ttls it measures.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    crate::clock::now_ms()
 }
