@@ -76,6 +76,8 @@ struct Claimed {
     id: RecordId,
     token: u64,
     fingerprint: Option<Fingerprint>,
+    /// When the claim was made: the record's creation time.
+    claimed_ms: i64,
 }
 
 /// What the request log line and the metrics say about one request.
@@ -237,7 +239,8 @@ impl Pipeline {
         loop {
             // Subscribed before the claim, so a wake between the claim and the wait is not lost.
             let waiting = (route.policy.concurrent == Concurrent::Wait).then(|| self.waiters.subscribe(&id));
-            match self.claim(&route, &id, fingerprint).instrument(tracing::debug_span!("claim")).await? {
+            let claimed_ms = now_ms();
+            match self.claim(&route, &id, fingerprint, claimed_ms).instrument(tracing::debug_span!("claim")).await? {
                 Decision::Replay(done) => {
                     report.outcome = Outcome::replayed;
                     tracing::debug!(target: crate::telemetry::SPAN_EVENTS, "replay");
@@ -257,7 +260,7 @@ impl Pipeline {
                     report.took_over = took_over;
                     // The exchange runs on its own task: if the client goes away mid-flight, the
                     // app's answer is still committed, so the provider's retry gets the replay.
-                    let claimed = Claimed { route, id, token, fingerprint };
+                    let claimed = Claimed { route, id, token, fingerprint, claimed_ms };
                     let exchange = self.clone().exchange(claimed, parts, body, client);
                     return self
                         .exchanges
@@ -276,12 +279,18 @@ impl Pipeline {
     }
 
     /// Stage `claim`: the cache, then the store; the pure [`decide`] turns what was found into what to do.
-    async fn claim(&self, route: &Route, id: &RecordId, fingerprint: Option<Fingerprint>) -> Result<Decision, Problem> {
+    async fn claim(
+        &self,
+        route: &Route,
+        id: &RecordId,
+        fingerprint: Option<Fingerprint>,
+        now_ms: i64,
+    ) -> Result<Decision, Problem> {
         let claim = Claim {
             id: id.clone(),
             token: self.tokens.next(),
             fingerprint,
-            now_ms: now_ms(),
+            now_ms,
             lease_ms: route.policy.lease.0.as_millis() as i64,
         };
         let outcome = self.records.claim(claim).await?;
@@ -324,7 +333,7 @@ impl Pipeline {
     /// Stage `commit`: a status in `store_status` completes the key, durably, before the response
     /// leaves; anything else (including no response at all) releases it for the next delivery.
     async fn commit(&self, claimed: &Claimed, result: Result<Captured, Problem>) -> Answer {
-        let Claimed { route, id, token, fingerprint } = claimed;
+        let Claimed { route, id, token, fingerprint, claimed_ms } = claimed;
         let captured = match result {
             Ok(c) if route.store_status.contains(c.status) => c,
             other => {
@@ -338,7 +347,8 @@ impl Pipeline {
         let completed = Completed {
             fingerprint: *fingerprint,
             response: captured.to_stored(),
-            created_ms: now,
+            // The record was created by the claim; the stores keep that time, and so must the cache.
+            created_ms: *claimed_ms,
             expires_ms: now.saturating_add(route.policy.ttl.0.as_millis() as i64),
         };
         if !self.records.complete(id, *token, completed).await? {

@@ -353,8 +353,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             // line and column of what it rejects in the file itself, so where the file alone is
             // at fault, say where. The file alone may also lack what the environment supplies
             // (a database URL with its password, say), which is why it is not checked first.
-            match serde_saphyr::from_str_with_options::<Config>(&text, serde_saphyr::options! { with_snippet: false })
-            {
+            match serde_saphyr::from_str_with_options::<Config>(&text, serde_saphyr::options! { with_snippet: false }) {
                 Err(in_file) => ConfigError(format!("{}: {in_file}", path.display())),
                 Ok(_) => ConfigError(describe_figment_error(e)),
             }

@@ -90,14 +90,12 @@ fn a_completed_record_is_swept_exactly_when_its_ttl_ends() {
     ]);
 }
 
-/// The pipeline completes a key with `created_ms` = the time of the completion, which the cache
-/// keeps; every backend keeps the time of the claim instead. So the same completed key, replayed,
-/// says it was created at one time from memory and at another from the store (after a restart,
-/// an eviction, or on another replica). Nothing shows `Completed::created_ms` today (replays use
-/// the response, the admin endpoint reads the backend), but the cache must not answer otherwise
-/// than the backend.
+/// Found by the model: the pipeline completed a key with `created_ms` = the time of the completion,
+/// which the cache kept, while every backend kept the time of the claim. So the same completed key,
+/// replayed, said it was created at one time from memory and at another from the store (after a
+/// restart, an eviction, or on another replica). Now the backends store what they are given, and
+/// the pipeline gives the claim's time.
 #[test]
-#[ignore = "bug: a replay from the cache carries the completion's created_ms, from the store the claim's"]
 fn a_replay_from_memory_carries_the_creation_time_a_replay_from_the_store_does() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {

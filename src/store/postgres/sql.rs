@@ -202,10 +202,12 @@ pub(super) async fn complete(client: &Client, id: &RecordId, token: u64, done: &
     let status = i32::from(done.response.status);
     let headers = done.response.encode_headers();
     let body: &[u8] = &done.response.body;
+    let fingerprint = done.fingerprint.as_ref().map(|f| &f[..]);
     let changed = client
         .execute_typed(
             "UPDATE idemgate_records
-             SET state = 1, status = $5, headers = $6, body = $7, body_omitted = $8, expires_ms = $9
+             SET state = 1, status = $5, headers = $6, body = $7, body_omitted = $8, expires_ms = $9,
+                 created_ms = $10, fingerprint = $11
              WHERE route = $1 AND scope = $2 AND key = $3 AND token = $4 AND state = 0",
             &[
                 (&route, Type::TEXT),
@@ -217,6 +219,8 @@ pub(super) async fn complete(client: &Client, id: &RecordId, token: u64, done: &
                 (&body, Type::BYTEA),
                 (&done.response.body_omitted, Type::BOOL),
                 (&done.expires_ms, Type::INT8),
+                (&done.created_ms, Type::INT8),
+                (&fingerprint, Type::BYTEA),
             ],
         )
         .await?;

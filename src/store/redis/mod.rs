@@ -293,6 +293,7 @@ impl Store for RedisStore {
             // The key lives until the record's own expiry, measured from now.
             let ttl_ms = completed.expires_ms.saturating_sub(super::now_ms()).clamp(1, MAX_EXPIRY_MS);
             let headers = completed.response.encode_headers();
+            let fingerprint = completed.fingerprint.map(Vec::from).unwrap_or_default();
             let response = &completed.response;
             let (answer, _) = conn
                 .run("complete", |retry| {
@@ -306,7 +307,9 @@ impl Store for RedisStore {
                         .arg(if response.body_omitted { "1" } else { "0" })
                         .arg(completed.expires_ms)
                         .arg(ttl_ms)
-                        .arg(if retry { "1" } else { "0" });
+                        .arg(if retry { "1" } else { "0" })
+                        .arg(completed.created_ms)
+                        .arg(&fingerprint[..]);
                     Request::Script(invocation)
                 })
                 .await?;

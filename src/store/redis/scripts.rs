@@ -27,7 +27,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1 + took_over
 ";
 /// `KEYS[1]` the record; `ARGV`: token, status, headers, body, body_omitted, expires_ms, ttl_ms,
-/// retry. Completes the record if it is in flight under `token` (1), else 0. A retry (`retry` is
+/// retry, created_ms, fingerprint (empty for none). Completes the record if it is in flight under `token` (1), else 0. A retry (`retry` is
 /// `1`) after a dropped connection also answers 1 if the record is already completed under
 /// `token`: the first attempt was applied.
 const COMPLETE_LUA: &str = r"
@@ -42,7 +42,12 @@ if held[1] ~= '0' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', '1', 'status', ARGV[2], 'headers', ARGV[3], 'body', ARGV[4],
-  'body_omitted', ARGV[5], 'expires_ms', ARGV[6])
+  'body_omitted', ARGV[5], 'expires_ms', ARGV[6], 'created_ms', ARGV[9])
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[10])
+else
+  redis.call('HDEL', KEYS[1], 'fingerprint')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return 1
 ";

@@ -214,14 +214,19 @@ async fn a_completed_record_round_trips_byte_for_byte() {
         ClaimOutcome::InFlight { fingerprint, .. } => assert_eq!(fingerprint, Some(odd_fingerprint())),
         other => panic!("expected in flight, got {other:?}"),
     }
-    let done = completed(60_000, binary_body(), false);
+    // The record is what was completed, creation time and fingerprint included.
+    let done = Completed {
+        created_ms: claimed_at + 7,
+        fingerprint: Some(odd_fingerprint()),
+        ..completed(60_000, binary_body(), false)
+    };
     assert!(store.complete(key.clone(), 11, done.clone()).await.unwrap());
     match store.claim(claim(&key, 13, None, 60_000)).await.unwrap() {
         ClaimOutcome::Completed(found) => {
             assert_eq!(found.response, done.response, "status, repeated headers in order, binary body");
             assert_eq!(found.fingerprint, Some(odd_fingerprint()));
             assert_eq!(found.expires_ms, done.expires_ms);
-            assert_eq!(found.created_ms, claimed_at, "created_ms is the claim's, as in SQLite");
+            assert_eq!(found.created_ms, claimed_at + 7);
         }
         other => panic!("expected the completed record, got {other:?}"),
     }

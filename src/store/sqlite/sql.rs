@@ -110,7 +110,8 @@ fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
 fn complete(conn: &Connection, id: &RecordId, token: u64, done: &Completed) -> rusqlite::Result<bool> {
     let changed = conn
         .prepare_cached(
-            "UPDATE records SET state = 1, status = ?5, headers = ?6, body = ?7, body_omitted = ?8, expires_ms = ?9
+            "UPDATE records SET state = 1, status = ?5, headers = ?6, body = ?7, body_omitted = ?8, expires_ms = ?9,
+                 created_ms = ?10, fingerprint = ?11
              WHERE route = ?1 AND scope = ?2 AND key = ?3 AND token = ?4 AND state = 0",
         )?
         .execute(params![
@@ -122,7 +123,9 @@ fn complete(conn: &Connection, id: &RecordId, token: u64, done: &Completed) -> r
             done.response.encode_headers(),
             &done.response.body[..],
             done.response.body_omitted,
-            done.expires_ms
+            done.expires_ms,
+            done.created_ms,
+            done.fingerprint.as_ref().map(|f| &f[..])
         ])?;
     Ok(changed == 1)
 }
