@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// How long a claim whose lease ended unfinished is kept before the sweeper deletes it. A
@@ -79,6 +80,10 @@ pub struct Records {
     cache: CompletedCache,
     metrics: Arc<crate::metrics::Metrics>,
     timings: OpTimings,
+    /// Counts deletes. A claim or completion that read a record before a delete and would cache it
+    /// after must not: the delete would be undone in memory. Deletes are rare (the admin API), so
+    /// one counter for all keys costs only a cache miss now and then.
+    deletes: Arc<AtomicU64>,
 }
 
 /// Each operation's latency histogram, resolved once.
@@ -101,7 +106,7 @@ impl Records {
             get: op("get"),
             delete: op("delete"),
         };
-        Records { backend, cache, metrics, timings }
+        Records { backend, cache, metrics, timings, deletes: Arc::default() }
     }
 
     pub fn backend(&self) -> &Arc<dyn Store> {
@@ -116,20 +121,35 @@ impl Records {
         }
         self.metrics.cache_misses.inc();
         let id = claim.id.clone();
+        let deletes = self.deletes.load(Ordering::Acquire);
         let outcome = timed(&self.timings.claim, self.backend.claim(claim)).await?;
         if let ClaimOutcome::Completed(done) = &outcome {
-            self.cache.insert(&id, done.clone());
+            self.cache_unless_deleted(&id, done.clone(), deletes);
         }
         Ok(outcome)
     }
 
     pub async fn complete(&self, id: &RecordId, token: u64, completed: Completed) -> Result<bool, StoreError> {
         let done = Arc::new(completed);
+        let deletes = self.deletes.load(Ordering::Acquire);
         let stored = timed(&self.timings.complete, self.backend.complete(id.clone(), token, (*done).clone())).await?;
         if stored {
-            self.cache.insert(id, done);
+            self.cache_unless_deleted(id, done, deletes);
         }
         Ok(stored)
+    }
+
+    /// Caches a record read from the backend when `deletes` was the count, unless a delete may
+    /// have run since. Checked again after the insert: a delete whose cache removal ran between
+    /// the first check and the insert has counted by then, and the entry is taken out again.
+    fn cache_unless_deleted(&self, id: &RecordId, done: Arc<Completed>, deletes: u64) {
+        if self.deletes.load(Ordering::Acquire) != deletes {
+            return;
+        }
+        self.cache.insert(id, done);
+        if self.deletes.load(Ordering::Acquire) != deletes {
+            self.cache.remove(id);
+        }
     }
 
     pub async fn release(&self, id: &RecordId, token: u64) -> Result<(), StoreError> {
@@ -141,8 +161,11 @@ impl Records {
     }
 
     pub async fn delete(&self, id: &RecordId) -> Result<bool, StoreError> {
-        let deleted = timed(&self.timings.delete, self.backend.delete(id.clone())).await?;
+        let deleted = timed(&self.timings.delete, self.backend.delete(id.clone())).await;
+        // Counted after the backend delete and before the cache removal: see cache_unless_deleted.
+        self.deletes.fetch_add(1, Ordering::AcqRel);
         self.cache.remove(id);
+        let deleted = deleted?;
         Ok(deleted)
     }
 }
