@@ -3,7 +3,7 @@
 //! stored response, a changed payload gets 422 and never reaches the app.
 //!
 //! A few fixed seeds run always, and one random seed (printed). To rerun a seed, or a part of it:
-//! `IDEMGATE_STREAM_SEED=<n> [IDEMGATE_STREAM_EVENTS=3,17] cargo test --test streams given_or_random -- --nocapture`.
+//! `IDEMGATE_TEST_STREAM_SEED=<n> [IDEMGATE_TEST_STREAM_EVENTS=3,17] cargo test --test streams given_or_random -- --nocapture`.
 //! The stream is the same for a seed; the interleaving of its concurrent parts is the machine's.
 
 mod common;
@@ -61,12 +61,12 @@ async fn run(stream: &Stream) -> Run {
 /// Runs the seed's stream; on a failure, prints the report and a shrunk stream, then panics.
 async fn check_seed(seed: u64) {
     let mut stream = Stream::generate(seed, &profile());
-    if let Some(events) = std::env::var("IDEMGATE_STREAM_EVENTS").ok().filter(|v| !v.is_empty()) {
+    if let Some(events) = std::env::var("IDEMGATE_TEST_STREAM_EVENTS").ok().filter(|v| !v.is_empty()) {
         let only: Vec<usize> =
-            events.split(',').map(|e| e.trim().parse().expect("IDEMGATE_STREAM_EVENTS: e.g. 3,17")).collect();
+            events.split(',').map(|e| e.trim().parse().expect("IDEMGATE_TEST_STREAM_EVENTS: e.g. 3,17")).collect();
         stream = stream.only(&only);
     }
-    if std::env::var_os("IDEMGATE_STREAM_PRINT").is_some() {
+    if std::env::var_os("IDEMGATE_TEST_STREAM_PRINT").is_some() {
         eprintln!("{stream}");
     }
     let outcome = run(&stream).await;
@@ -114,7 +114,7 @@ async fn shrink(stream: &Stream, failing: Vec<usize>) -> String {
     };
     let events: Vec<String> = small.events.iter().map(|e| e.index.to_string()).collect();
     format!(
-        "\nshrunk to {} event(s); rerun with IDEMGATE_STREAM_SEED={} IDEMGATE_STREAM_EVENTS={} cargo test --test streams given_or_random -- --nocapture\n{small}\n{}",
+        "\nshrunk to {} event(s); rerun with IDEMGATE_TEST_STREAM_SEED={} IDEMGATE_TEST_STREAM_EVENTS={} cargo test --test streams given_or_random -- --nocapture\n{small}\n{}",
         small.events.len(),
         stream.seed,
         events.join(","),
@@ -137,17 +137,17 @@ async fn seed_3() {
     check_seed(0x1de_6a7e).await;
 }
 
-/// `IDEMGATE_STREAM_SEED`, or a seed drawn now (printed, so that a failure can be rerun).
+/// `IDEMGATE_TEST_STREAM_SEED`, or a seed drawn now (printed, so that a failure can be rerun).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_or_random() {
-    let seed = match std::env::var("IDEMGATE_STREAM_SEED") {
-        Ok(seed) => seed.parse().expect("IDEMGATE_STREAM_SEED is a u64"),
+    let seed = match std::env::var("IDEMGATE_TEST_STREAM_SEED") {
+        Ok(seed) => seed.parse().expect("IDEMGATE_TEST_STREAM_SEED is a u64"),
         Err(_) => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
             now.as_nanos() as u64 ^ u64::from(std::process::id())
         }
     };
-    eprintln!("stream seed {seed} (rerun: IDEMGATE_STREAM_SEED={seed} cargo test --test streams given_or_random)");
+    eprintln!("stream seed {seed} (rerun: IDEMGATE_TEST_STREAM_SEED={seed} cargo test --test streams given_or_random)");
     check_seed(seed).await;
 }
 

@@ -49,12 +49,19 @@ struct Providers {
     profile: Arc<Profile>,
     /// No attempt starts after this (milliseconds on the clock).
     until_ms: f64,
+    first_try: u32,
     log: Arc<Mutex<Vec<Attempt>>>,
 }
 
 /// Runs every event of the stream; returns the attempts in the order they were made.
 pub async fn drive(stream: &Stream, target: Target, clock: Clock, until_ms: f64) -> Vec<Attempt> {
+    drive_from(stream, target, clock, until_ms, 0).await
+}
+
+/// As [`drive`], numbering each flow's tries from `first_try` (to tell a later round apart).
+pub async fn drive_from(stream: &Stream, target: Target, clock: Clock, until_ms: f64, first_try: u32) -> Vec<Attempt> {
     let providers = Providers {
+        first_try,
         client: Client::builder(TokioExecutor::new()).build_http(),
         target,
         clock,
@@ -115,7 +122,7 @@ async fn run_flow(event: Arc<Event>, index: usize, providers: Providers, settle:
         if providers.clock.ms() > providers.until_ms {
             return;
         }
-        let id = AttemptId { event: event.index, flow: index, try_ };
+        let id = AttemptId { event: event.index, flow: index, try_: providers.first_try + try_ };
         let attempt = providers.send(&event, flow, id).await;
         let status = attempt.reply().map(|r| r.status);
         providers.log.lock().unwrap().push(attempt.clone());

@@ -175,6 +175,22 @@ impl Stream {
         self.events.iter().find(|e| e.index == index)
     }
 
+    /// Every event once more at `at_ms`: its first flow alone (the original payload), retried
+    /// until a 2xx. The final round of a chaos run.
+    pub fn redeliver_all(&self, at_ms: u64) -> Stream {
+        let mut last = self.clone();
+        for event in &mut last.events {
+            event.flows.truncate(1);
+            event.flows[0] = Flow {
+                start: Start::At(at_ms),
+                tries: 30,
+                timeout_ms: self.profile.timeout_ms,
+                ..event.flows[0].clone()
+            };
+        }
+        last
+    }
+
     pub fn deliveries_planned(&self) -> usize {
         self.events.iter().map(|e| e.flows.len()).sum()
     }
