@@ -133,6 +133,15 @@ fn check_event(h: &EventHistory, run: &Inputs, stats: &mut ChaosStats, out: &mut
     if app.is_none_or(|app| app.status != record.status || app.body[..] != record.body[..]) {
         out.push(h.violation(format!("the record of forward #{} is not the app's answer to it", stored.number)));
     }
+    // The stored response is the last claim's: an earlier claim's completion is refused once
+    // its lease has ended and another request took the key. (A request reaches the app after
+    // its claim; only one sent after its own lease could come later.)
+    if let Some(last) = h.forwards.last().filter(|last| last.number != stored.number) {
+        out.push(h.violation(format!(
+            "the stored response is forward #{}'s, but forward #{} reached the app after it",
+            stored.number, last.number
+        )));
+    }
     // No key forwarded after its stored response reached a client.
     if let Some(seen) = h.seen_ms(stored) {
         for f in h.forwards.iter().filter(|f| f.arrived_ms > seen) {
@@ -202,26 +211,35 @@ fn check_attempt(
     }
 }
 
-/// A claim outlives a crash: a forward whose 2xx the app gave in time but that was not stored
-/// (the process died or stopped before its commit, or the commit failed) keeps the key until its
-/// lease ends, so the next forward comes a lease after it was sent, at the earliest. Forwards
-/// the app answered late (504) or answered around an app kill (502) were released: not judged.
+/// A claim outlives a crash: a forward that was not stored keeps its key until its lease ends,
+/// so the next forward comes a lease after it was sent, at the earliest, when it was cut short
+/// without a release: the app answered 2xx in time (then the process died or stopped before the
+/// commit, or the commit failed), or the app never answered because idemgate was SIGKILLed
+/// while the request was inside. Forwards the app answered late (504) or whose app was killed
+/// (502) were released, and are not judged.
 fn check_leases(h: &EventHistory, stored: &Forward, run: &Inputs, stats: &mut ChaosStats, out: &mut Vec<Violation>) {
     let lease = run.lease.as_secs_f64() * 1000.0;
     let in_time = run.upstream_timeout.as_secs_f64() * 1000.0 - 100.0;
+    let app_killed = |from: f64, to: f64| run.journal.app_kills_at.iter().any(|k| *k > from - 100.0 && *k < to + 100.0);
     for pair in h.forwards.windows(2) {
         let (cut, next) = (pair[0], pair[1]);
-        let Some((answered, reply)) = &cut.answer else { continue };
-        let app_kill_near = run.journal.app_kills_at.iter().any(|k| (answered - k).abs() < 100.0);
-        let sent = cut.attempt.and_then(|id| h.attempt(id)).map_or(cut.arrived_ms, |a| a.sent_ms);
-        if cut.number == stored.number
-            || !(200..300).contains(&reply.status)
-            || answered - cut.arrived_ms > in_time
-            || app_kill_near
-        {
+        let unfinished = match &cut.answer {
+            Some((answered, reply)) => {
+                (200..300).contains(&reply.status)
+                    && answered - cut.arrived_ms <= in_time
+                    && !app_killed(*answered, *answered)
+            }
+            None => run
+                .journal
+                .kills_at
+                .iter()
+                .any(|k| *k > cut.arrived_ms && k - cut.arrived_ms <= in_time && !app_killed(cut.arrived_ms, *k)),
+        };
+        if cut.number == stored.number || !unfinished {
             continue;
         }
         stats.after_lease += 1;
+        let sent = cut.attempt.and_then(|id| h.attempt(id)).map_or(cut.arrived_ms, |a| a.sent_ms);
         if next.arrived_ms < sent + lease {
             out.push(h.violation(format!(
                 "forward #{} came {:.0} ms after forward #{} was sent, within its lease ({lease:.0} ms), though #{} was never stored",

@@ -14,6 +14,8 @@ use std::time::Duration;
 #[derive(Debug, Default, Clone)]
 pub struct Journal {
     pub kills: usize,
+    /// When each SIGKILL was sent.
+    pub kills_at: Vec<f64>,
     /// Kills while a request was held inside the app (between forward and commit).
     pub kills_mid_request: usize,
     pub stops: usize,
@@ -74,10 +76,14 @@ impl World {
     /// SIGKILL, then `PRAGMA integrity_check` on the file it left.
     pub fn kill(&self) {
         let (proxy, exited) = self.take("before SIGKILL");
+        let at = self.clock.ms();
         if exited.is_none() {
             proxy.kill();
         }
-        self.journal.lock().unwrap().kills += 1;
+        let mut journal = self.journal.lock().unwrap();
+        journal.kills += 1;
+        journal.kills_at.push(at);
+        drop(journal);
         self.integrity_check("after SIGKILL, before the restart");
     }
 
