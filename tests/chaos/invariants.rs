@@ -5,7 +5,7 @@
 use super::child::Log;
 use super::world::Journal;
 use crate::stream::history::{EventHistory, Violation, by_event, check_common};
-use crate::stream::model::Stream;
+use crate::stream::model::{Payload, Stream};
 use crate::stream::record::{Attempt, Forward, Outcome};
 use std::collections::HashMap;
 
@@ -78,6 +78,10 @@ pub struct Inputs<'a> {
     pub exit: Option<std::process::ExitStatus>,
     pub lease: std::time::Duration,
     pub upstream_timeout: std::time::Duration,
+    /// Known bugs count as violations too.
+    pub strict: bool,
+    /// Violations explained by a known bug (see [`known_or`]), when not strict.
+    pub known: std::cell::RefCell<Vec<Violation>>,
 }
 
 pub fn check(run: &Inputs) -> (Vec<Violation>, ChaosStats) {
@@ -93,6 +97,22 @@ pub fn check(run: &Inputs) -> (Vec<Violation>, ChaosStats) {
     }
     check_process(run, &stats, &mut violations);
     (violations, stats)
+}
+
+fn lease_ms(run: &Inputs) -> f64 {
+    run.lease.as_secs_f64() * 1000.0
+}
+
+/// A violation that the known bug explains, where `known`: a forward that reached the app more
+/// than a lease after its request was sent held a claim that was committed already expired
+/// (tests/chaos.rs, `a_claim_that_waited_for_a_locked_store_still_holds_the_key_for_its_lease`).
+/// Counted apart, and as a violation only in strict runs.
+fn known_or(known: bool, violation: Violation, run: &Inputs, out: &mut Vec<Violation>) {
+    if known && !run.strict {
+        run.known.borrow_mut().push(violation);
+    } else {
+        out.push(violation);
+    }
 }
 
 fn global(what: String) -> Violation {
@@ -134,31 +154,39 @@ fn check_event(h: &EventHistory, run: &Inputs, stats: &mut ChaosStats, out: &mut
         out.push(h.violation(format!("the record of forward #{} is not the app's answer to it", stored.number)));
     }
     // The stored response is the last claim's: an earlier claim's completion is refused once
-    // its lease has ended and another request took the key. (A request reaches the app after
-    // its claim; only one sent after its own lease could come later.)
-    if let Some(last) = h.forwards.last().filter(|last| last.number != stored.number) {
-        out.push(h.violation(format!(
+    // its lease has ended and another request took the key. (A request reaches the app right
+    // after its claim, so the last claim's forward is the last to arrive.)
+    let stale = |f: &Forward| h.sent_ms(f).is_some_and(|sent| f.arrived_ms - sent > lease_ms(run));
+    for f in h.forwards.iter().filter(|f| f.arrived_ms > stored.arrived_ms) {
+        let what = format!(
             "the stored response is forward #{}'s, but forward #{} reached the app after it",
-            stored.number, last.number
-        )));
+            stored.number, f.number
+        );
+        known_or(stale(f), h.violation(what), run, out);
     }
     // No key forwarded after its stored response reached a client.
     if let Some(seen) = h.seen_ms(stored) {
         for f in h.forwards.iter().filter(|f| f.arrived_ms > seen) {
-            out.push(h.violation(format!(
+            let what = format!(
                 "forward #{} reached the app at {:.0} ms, after the stored response (#{}) reached a client at {seen:.0} ms",
                 f.number, f.arrived_ms, stored.number
-            )));
+            );
+            known_or(stale(f), h.violation(what), run, out);
         }
     }
     for a in &h.attempts {
         check_attempt(h, a, stored, run, stats, out);
     }
     check_leases(h, stored, run, stats, out);
+    // Not lost: the final delivery (the original payload) gets the stored response, or 422 if a
+    // redelivery with another payload took the key after the original's claims came to nothing.
+    let other_payload = !h.event.provider.same_payload(h.payload(stored.attempt.unwrap()), Payload::Original);
     match h.attempts.iter().rev().find(|a| a.id.try_ >= FINAL_TRY) {
-        Some(last)
-            if last.reply().is_some_and(|r| (200..300).contains(&r.status) && r.forward() == Some(stored.number)) => {}
-        Some(last) => out.push(h.violation(format!("the final delivery {} got {}", last.id, last.summary()))),
+        Some(last) => match last.reply() {
+            Some(r) if (200..300).contains(&r.status) && r.forward() == Some(stored.number) => {}
+            Some(r) if other_payload && r.problem().as_deref() == Some("payload-mismatch") => {}
+            _ => out.push(h.violation(format!("the final delivery {} got {}", last.id, last.summary()))),
+        },
         None => out.push(h.violation("no final delivery was made")),
     }
 }
@@ -218,7 +246,7 @@ fn check_attempt(
 /// while the request was inside. Forwards the app answered late (504) or whose app was killed
 /// (502) were released, and are not judged.
 fn check_leases(h: &EventHistory, stored: &Forward, run: &Inputs, stats: &mut ChaosStats, out: &mut Vec<Violation>) {
-    let lease = run.lease.as_secs_f64() * 1000.0;
+    let lease = lease_ms(run);
     let in_time = run.upstream_timeout.as_secs_f64() * 1000.0 - 100.0;
     let app_killed = |from: f64, to: f64| run.journal.app_kills_at.iter().any(|k| *k > from - 100.0 && *k < to + 100.0);
     for pair in h.forwards.windows(2) {

@@ -123,7 +123,8 @@ fn check_ttl(h: &EventHistory, a: &Attempt, ttl: f64, stats: &mut Stats, out: &m
     if a.done_ms < answered + ttl {
         let Some(r) = reply else { return };
         stats.within_ttl += 1;
-        let ok = if h.event.provider.differs(flow.payload) {
+        let stored = h.payload(done.attempt.unwrap());
+        let ok = if !h.event.provider.same_payload(stored, flow.payload) {
             r.problem().as_deref() == Some("payload-mismatch")
         } else {
             r.replayed() && r.forward() == Some(done.number)

@@ -1,7 +1,7 @@
 //! A run's record, per event: its attempts and the forwards they caused, with the questions the
 //! checks ask of them.
 
-use super::model::{Event, Stream};
+use super::model::{Event, Payload, Stream};
 use super::record::{Attempt, AttemptId, Forward, Reply};
 use std::fmt;
 
@@ -61,6 +61,20 @@ impl<'a> EventHistory<'a> {
             .filter(|(a, r)| r.forward() == Some(forward.number) && (r.replayed() || forward.attempt == Some(a.id)))
             .map(|(a, _)| a.done_ms)
             .min_by(f64::total_cmp)
+    }
+
+    /// When the attempt that caused this forward was sent.
+    pub fn sent_ms(&self, forward: &Forward) -> Option<f64> {
+        forward.attempt.and_then(|id| self.attempt(id)).map(|a| a.sent_ms)
+    }
+
+    pub fn payload(&self, id: AttemptId) -> Payload {
+        self.event.flows[id.flow].payload
+    }
+
+    /// Whether the route's fingerprint tells the payloads of these two attempts apart.
+    pub fn differ(&self, a: &Attempt, b: &Attempt) -> bool {
+        !self.event.provider.same_payload(self.payload(a.id), self.payload(b.id))
     }
 
     pub fn settled(&self) -> bool {
@@ -134,7 +148,6 @@ pub fn check_common(h: &EventHistory, out: &mut Vec<Violation>) {
 }
 
 fn check_answer(h: &EventHistory, a: &Attempt, reply: &Reply, out: &mut Vec<Violation>) {
-    let flow = &h.event.flows[a.id.flow];
     let own = h.forwards_of(a.id);
     if reply.replayed() {
         let Some(stored) = reply.forward().and_then(|n| h.forward(n)) else {
@@ -160,8 +173,9 @@ fn check_answer(h: &EventHistory, a: &Attempt, reply: &Reply, out: &mut Vec<Viol
         return;
     }
     match reply.problem().as_deref() {
-        Some("payload-mismatch") if !h.event.provider.differs(flow.payload) => {
-            out.push(h.violation(format!("{} got 422 for the same payload ({:?})", a.id, flow.payload)));
+        // The key must be held by a request of the event whose payload is another one.
+        Some("payload-mismatch") if !h.attempts.iter().any(|b| b.sent_ms <= a.done_ms && h.differ(a, b)) => {
+            out.push(h.violation(format!("{} got 422, yet no attempt of another payload came before it", a.id)));
         }
         // Only a failure after the forward may follow one: the app's, or the store's at commit.
         Some("store-unavailable" | "upstream-unreachable" | "upstream-timeout") => {}

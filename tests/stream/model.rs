@@ -31,11 +31,18 @@ impl Provider {
 
     /// Whether idemgate must see `payload` as another payload than the original (422).
     pub fn differs(self, payload: Payload) -> bool {
-        match (self, payload) {
-            (_, Payload::Original) => false,
-            (Provider::Api, _) => true,
-            (Provider::Shopify, Payload::Changed) => true,
-            _ => false,
+        !self.same_payload(Payload::Original, payload)
+    }
+
+    /// Whether the route's fingerprint makes these two payloads the same payload.
+    pub fn same_payload(self, a: Payload, b: Payload) -> bool {
+        match self {
+            // `fingerprint: body`: the bytes.
+            Provider::Api => a == b,
+            // `fingerprint: { json: [/id, /total_price] }`: only a changed price counts.
+            Provider::Shopify => (a == Payload::Changed) == (b == Payload::Changed),
+            // No fingerprint.
+            _ => true,
         }
     }
 
