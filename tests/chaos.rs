@@ -4,7 +4,7 @@
 //! more, idemgate is stopped gracefully, and the invariants are judged on the whole record
 //! (tests/chaos/invariants.rs). Run by `scripts/chaos`; ignored by a plain `cargo test`.
 //!
-//! `IDEMGATE_TEST_CHAOS_PROFILE=short|long` (30 s of traffic, or 8 minutes), `IDEMGATE_TEST_CHAOS_SEED=<n>`.
+//! `IDEMGATE_TEST_CHAOS_PROFILE=short|long` (30 s of traffic, or about 7 minutes), `IDEMGATE_TEST_CHAOS_SEED=<n>`.
 
 mod common;
 mod stream;

@@ -43,7 +43,7 @@ impl Disk {
     pub fn describe(&self) -> String {
         match self {
             Disk::Tmpfs { .. } => format!("a {TMPFS_SIZE} tmpfs filled to the last byte"),
-            Disk::Rlimit { .. } => "RLIMIT_FSIZE on the child at its database's size (no tmpfs mount here)".into(),
+            Disk::Rlimit { .. } => "RLIMIT_FSIZE on the child, at its database's size".into(),
         }
     }
 

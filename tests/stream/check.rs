@@ -27,8 +27,9 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} attempts, {} forwards ({} released by the app), {} replays ({} checked within the ttl), \
-             {} forwarded again after the ttl, {} conflicts (409), {} mismatches (422), {} client timeouts",
+            "{} attempts, {} forwards ({} released by the app), {} replays, {} attempts that had to be a replay \
+             (or 422) within the ttl, {} forwarded again after the ttl, {} conflicts (409), {} mismatches (422), \
+             {} client timeouts",
             self.attempts,
             self.forwards,
             self.released,
