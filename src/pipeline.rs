@@ -293,8 +293,36 @@ impl Pipeline {
             now_ms,
             lease_ms: route.policy.lease.0.as_millis() as i64,
         };
+        let started = Instant::now();
         let outcome = self.records.claim(claim).await?;
-        Ok(decide(outcome, fingerprint))
+        let decision = decide(outcome, fingerprint);
+        if let Decision::Forward { token, .. } = decision {
+            self.check_lease_left(route, id, token, started.elapsed()).await?;
+        }
+        Ok(decision)
+    }
+
+    /// A claim's lease runs from the time it was asked for, so a claim that waited long for the
+    /// store (a lock, a stalled disk) holds the key for less. Forwarded, the app could outlast it
+    /// and a duplicate would be forwarded beside it: unless the lease left covers
+    /// `upstream.timeout`, the claim is given back and the request answered 503 instead.
+    async fn check_lease_left(
+        &self,
+        route: &Route,
+        id: &RecordId,
+        token: u64,
+        waited: std::time::Duration,
+    ) -> Result<(), Problem> {
+        let lease = route.policy.lease.0;
+        if waited + self.upstream.timeout < lease {
+            return Ok(());
+        }
+        if let Err(e) = self.records.release(id, token).await {
+            tracing::warn!(route = %route.name, key = %id.key, error = %e, "release failed; the key is blocked until its lease ends");
+        }
+        Err(Problem::Store(crate::store::StoreError::Unavailable(format!(
+            "the claim took {waited:?} to be recorded, which leaves less of its {lease:?} lease than upstream.timeout"
+        ))))
     }
 
     /// Stages `forward`, `capture` and `commit` for a claimed key.

@@ -268,14 +268,14 @@ async fn a_completed_key_not_in_memory_replays_while_another_process_holds_the_w
     assert_eq!(app.count("done"), 1);
 }
 
-/// A claim's lease must run from the moment the claim holds the key. The claim's time is taken
-/// when the request is queued for the store's writer, so a claim that waited behind a locked or
-/// stalled store for longer than its lease is committed already expired: the next duplicate
-/// takes the key over at once and is forwarded while the first is still with the app. (Seen in
-/// the long chaos run, seed 20261127: two forwards of one key 0.6 ms apart after a lock.)
+/// A claim's lease runs from the time the claim was asked for, so a claim that waited behind a
+/// locked or stalled store holds the key for less than its lease. Before the fix it was forwarded
+/// all the same, committed already expired, and the next duplicate took the key over at once and
+/// was forwarded while the first was still with the app. (Seen in the long chaos run, seed
+/// 20261127: two forwards of one key 0.6 ms apart after a lock.) Now a claim whose remaining
+/// lease no longer covers `upstream.timeout` is given back and answered 503: never two forwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a claim that waited for the store longer than its lease is committed already expired"]
-async fn a_claim_that_waited_for_a_locked_store_still_holds_the_key_for_its_lease() {
+async fn a_claim_that_waited_for_a_locked_store_past_its_lease_is_not_forwarded() {
     let app = common::TestApp::start().await;
     let routes = "routes:
   - name: hooks
@@ -296,12 +296,16 @@ async fn a_claim_that_waited_for_a_locked_store_still_holds_the_key_for_its_leas
     tokio::time::sleep(Duration::from_millis(3500)).await;
     lock.execute_batch("COMMIT").unwrap();
     drop(lock);
-    assert_eq!(app.arrival().await, "k", "the first delivery is claimed once the lock is gone, and forwarded");
+    // The lease left (3 s minus the wait) does not cover upstream.timeout (2 s): not forwarded.
+    let first = first.await.unwrap();
+    assert_eq!(first.assert_problem(503), "urn:idemgate:problem:store-unavailable");
+    assert_eq!(app.count("k"), 0);
 
-    let duplicate = proxy.post("/hooks/a", &[("idempotency-key", "k")], "{}").await;
-    let forwarded = app.count("k");
+    // The key was given back: the provider's retry is forwarded, once, and holds the key.
+    let retry = common::spawn_post(&proxy, &[("idempotency-key", "k")], "{}");
+    assert_eq!(app.arrival().await, "k");
+    proxy.post("/hooks/a", &[("idempotency-key", "k")], "{}").await.assert_problem(409);
     app.release("k");
-    assert_eq!(forwarded, 1, "the duplicate was forwarded while the first was with the app: {duplicate:?}");
-    duplicate.assert_problem(409);
-    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(retry.await.unwrap().status, 200);
+    assert_eq!(app.count("k"), 1);
 }
