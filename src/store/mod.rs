@@ -25,6 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+/// A claim not answered within this is probably queued behind a lock or a stalled disk: a lookup
+/// then checks whether the key is completed, so that its replay need not wait for the writer.
+const LOOKUP_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How long a claim whose lease ended unfinished is kept before the sweeper deletes it. A
 /// redelivery within this time takes it over and is counted as a lease expiry
 /// (`idemgate_lease_expiries_total`): the sign that the key may reach the app twice. Later than
@@ -58,6 +62,13 @@ pub trait Store: Send + Sync + 'static {
     fn check_writable(&self) -> StoreFuture<()>;
     /// Finishes queued work and closes the backend.
     fn close(&self) -> StoreFuture<()>;
+    /// The completed record of `id`, read without waiting for writes, where the backend can (SQLite:
+    /// a read-only connection beside the writer thread); `None` where it cannot, or if there is
+    /// none. [`Records::claim`] asks it when a claim is slow, so that a completed key still replays
+    /// while the store cannot be written (another process's lock, a stalled disk).
+    fn lookup(&self, _id: RecordId) -> StoreFuture<Option<Arc<Completed>>> {
+        Box::pin(async { Ok(None) })
+    }
     /// How many records, and how many bytes on disk, where the backend can tell cheaply.
     fn stats(&self) -> StoreFuture<Option<StoreStats>> {
         Box::pin(async { Ok(None) })
@@ -122,7 +133,18 @@ impl Records {
         self.metrics.cache_misses.inc();
         let id = claim.id.clone();
         let deletes = self.deletes.load(Ordering::Acquire);
-        let outcome = timed(&self.timings.claim, self.backend.claim(claim)).await?;
+        let now_ms = claim.now_ms;
+        let claimed = timed(&self.timings.claim, self.backend.claim(claim));
+        tokio::pin!(claimed);
+        let outcome = tokio::select! {
+            outcome = &mut claimed => outcome?,
+            () = tokio::time::sleep(LOOKUP_AFTER) => match self.backend.lookup(id.clone()).await {
+                // Safe to stop waiting: a claim of a completed key changes nothing, whenever the
+                // writer gets to it.
+                Ok(Some(done)) if done.expires_ms > now_ms => ClaimOutcome::Completed(done),
+                _ => claimed.await?,
+            },
+        };
         if let ClaimOutcome::Completed(done) = &outcome {
             self.cache_unless_deleted(&id, done.clone(), deletes);
         }

@@ -78,10 +78,6 @@ pub struct Inputs<'a> {
     pub exit: Option<std::process::ExitStatus>,
     pub lease: std::time::Duration,
     pub upstream_timeout: std::time::Duration,
-    /// Known bugs count as violations too.
-    pub strict: bool,
-    /// Violations explained by a known bug (see [`known_or`]), when not strict.
-    pub known: std::cell::RefCell<Vec<Violation>>,
 }
 
 pub fn check(run: &Inputs) -> (Vec<Violation>, ChaosStats) {
@@ -101,18 +97,6 @@ pub fn check(run: &Inputs) -> (Vec<Violation>, ChaosStats) {
 
 fn lease_ms(run: &Inputs) -> f64 {
     run.lease.as_secs_f64() * 1000.0
-}
-
-/// A violation that the known bug explains, where `known`: a forward that reached the app more
-/// than a lease after its request was sent held a claim that was committed already expired
-/// (tests/chaos.rs, `a_claim_that_waited_for_a_locked_store_still_holds_the_key_for_its_lease`).
-/// Counted apart, and as a violation only in strict runs.
-fn known_or(known: bool, violation: Violation, run: &Inputs, out: &mut Vec<Violation>) {
-    if known && !run.strict {
-        run.known.borrow_mut().push(violation);
-    } else {
-        out.push(violation);
-    }
 }
 
 fn global(what: String) -> Violation {
@@ -156,13 +140,12 @@ fn check_event(h: &EventHistory, run: &Inputs, stats: &mut ChaosStats, out: &mut
     // The stored response is the last claim's: an earlier claim's completion is refused once
     // its lease has ended and another request took the key. (A request reaches the app right
     // after its claim, so the last claim's forward is the last to arrive.)
-    let stale = |f: &Forward| h.sent_ms(f).is_some_and(|sent| f.arrived_ms - sent > lease_ms(run));
     for f in h.forwards.iter().filter(|f| f.arrived_ms > stored.arrived_ms) {
         let what = format!(
             "the stored response is forward #{}'s, but forward #{} reached the app after it",
             stored.number, f.number
         );
-        known_or(stale(f), h.violation(what), run, out);
+        out.push(h.violation(what));
     }
     // No key forwarded after its stored response reached a client.
     if let Some(seen) = h.seen_ms(stored) {
@@ -171,7 +154,7 @@ fn check_event(h: &EventHistory, run: &Inputs, stats: &mut ChaosStats, out: &mut
                 "forward #{} reached the app at {:.0} ms, after the stored response (#{}) reached a client at {seen:.0} ms",
                 f.number, f.arrived_ms, stored.number
             );
-            known_or(stale(f), h.violation(what), run, out);
+            out.push(h.violation(what));
         }
     }
     for a in &h.attempts {

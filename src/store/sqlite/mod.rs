@@ -32,6 +32,8 @@ const QUEUE_DEPTH: usize = 4096;
 /// How long a statement waits for a lock held by another process before the store counts as
 /// unavailable (503) rather than slow.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A lookup is a fallback for a slow writer: it must not be slow itself.
+const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The operations the writer thread performs.
 enum Op {
@@ -83,6 +85,9 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     path: Arc<std::path::PathBuf>,
+    /// A read-only connection for [`Store::lookup`]: WAL readers wait neither for the writer
+    /// thread's queue nor for another process's write lock.
+    reader: Arc<std::sync::Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -94,6 +99,9 @@ impl SqliteStore {
         let wal = std::fs::File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("{wal_path}: {e}")))?;
         let checkpoints =
             Connection::open(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let reader = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|reader| reader.busy_timeout(READ_BUSY_TIMEOUT).map(|()| reader))
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = std::thread::Builder::new()
             .name("idemgate-sqlite".into())
@@ -103,6 +111,7 @@ impl SqliteStore {
             jobs,
             writer: Arc::new(std::sync::Mutex::new(Some(writer))),
             path: Arc::new(path.to_path_buf()),
+            reader: Arc::new(std::sync::Mutex::new(reader)),
         })
     }
 
@@ -181,6 +190,20 @@ impl Store for SqliteStore {
                 let _ = tokio::task::spawn_blocking(move || handle.join()).await;
             }
             Ok(())
+        })
+    }
+    fn lookup(&self, id: RecordId) -> StoreFuture<Option<Arc<Completed>>> {
+        let reader = self.reader.clone();
+        Box::pin(async move {
+            let found = tokio::task::spawn_blocking(move || {
+                let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+                sql::completed(&conn, &id)
+            });
+            match found.await {
+                Ok(Ok(found)) => Ok(found),
+                Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+                Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            }
         })
     }
     /// Counted on a connection of its own, off the writer thread: WAL readers never block it.

@@ -79,12 +79,14 @@ fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
     {
         return Ok(ClaimOutcome::Claimed { token: c.token, took_over: status == Some(0) });
     }
-    let holder = conn
-        .prepare_cached(
-            "SELECT state, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted
-             FROM records WHERE route=?1 AND scope=?2 AND key=?3",
-        )?
-        .query_row(params![&*c.id.route, c.id.scope, c.id.key], |r| {
+    conn.prepare_cached(HOLDER)?.query_row(params![&*c.id.route, c.id.scope, c.id.key], holder)
+}
+
+const HOLDER: &str = "SELECT state, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted
+                      FROM records WHERE route=?1 AND scope=?2 AND key=?3";
+
+/// A row of [`HOLDER`]: what holds the key.
+fn holder(r: &rusqlite::Row) -> rusqlite::Result<ClaimOutcome> {
             let fingerprint: Option<Vec<u8>> = r.get(1)?;
             let fingerprint = fingerprint.and_then(|f| f.try_into().ok());
             if r.get::<_, i64>(0)? == 0 {
@@ -103,8 +105,16 @@ fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
                     body_omitted: r.get::<_, i64>(7)? != 0,
                 },
             })))
-        })?;
-    Ok(holder)
+}
+
+/// The completed record of `id`, if any: for [`super::SqliteStore::lookup`], on a read-only
+/// connection of its own.
+pub(super) fn completed(conn: &Connection, id: &RecordId) -> rusqlite::Result<Option<Arc<Completed>>> {
+    let found = conn.prepare_cached(HOLDER)?.query_row(params![&*id.route, id.scope, id.key], holder).optional()?;
+    Ok(match found {
+        Some(ClaimOutcome::Completed(done)) => Some(done),
+        _ => None,
+    })
 }
 
 fn complete(conn: &Connection, id: &RecordId, token: u64, done: &Completed) -> rusqlite::Result<bool> {
