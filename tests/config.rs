@@ -46,6 +46,9 @@ fn invalid_configs_exit_2_naming_the_field() {
         ("upstream: { url: ftp://x }\n", "upstream.url"),
         ("upstream: { url: http://x:1/path }\n", "upstream.url"),
         ("upstream: { url: http://x:1 }\ndefaults: { ttl: 7 fortnights }\n", "invalid duration"),
+        // The field's name and its place in the file, both.
+        ("upstream: { url: http://x:1 }\ndefaults: { ttl: 7 fortnights }\n", "defaults.ttl"),
+        ("upstream: { url: http://x:1 }\ndefaults: { ttl: 7 fortnights }\n", "line 2"),
         ("upstream: { url: http://x:1 }\nstore: { cache: { max_bytes: 12XB } }\n", "invalid size"),
         ("upstream: { url: http://x:1 }\nserver: { max_connections: 0 }\n", "server.max_connections"),
         (

@@ -139,7 +139,7 @@ async fn an_invalid_file_is_refused_and_the_running_routes_stay() {
         .unwrap();
     let line = wait_for_log(&proxy, "config reload refused");
     let error = line["error"].as_str().unwrap();
-    assert!(error.contains("forever") && error.contains("line "), "names the value and its place: {error}");
+    assert!(error.contains("routes[1].ttl") && error.contains("line "), "names the field and its place: {error}");
     assert_eq!(metric(&admin, r#"idemgate_config_reloads_total{result="refused"}"#).await, 1.0);
     assert!(protected(&client, "/hooks/a", "a-kept").await, "the running routes stay");
     assert!(!protected(&client, "/hooks/b", "b-not-yet").await);

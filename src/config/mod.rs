@@ -349,12 +349,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
     let config: Config =
         Figment::from(serde_saphyr::figment::Yaml::string(&text)).merge(env_overrides()).extract().map_err(|e| {
-            // The figment pass (file and environment) loses positions; serde-saphyr reports the
-            // line and column of what it rejects in the file itself, so where the file alone is
-            // at fault, say where. The file alone may also lack what the environment supplies
-            // (a database URL with its password, say), which is why it is not checked first.
+            // The figment pass (file and environment) names the field but loses positions;
+            // serde-saphyr reports the line and column of what it rejects in the file itself, so
+            // where the file alone is at fault, say both. The file alone may also lack what the
+            // environment supplies (a database URL with its password, say), which is why it is
+            // not checked first.
             match serde_saphyr::from_str_with_options::<Config>(&text, serde_saphyr::options! { with_snippet: false }) {
-                Err(in_file) => ConfigError(format!("{}: {in_file}", path.display())),
+                Err(in_file) => match field_of(&e) {
+                    Some(field) => ConfigError(format!("{}: {field}: {in_file}", path.display())),
+                    None => ConfigError(format!("{}: {in_file}", path.display())),
+                },
                 Ok(_) => ConfigError(describe_figment_error(e)),
             }
         })?;
@@ -374,6 +378,19 @@ fn env_overrides() -> Env {
             k != "config" && !k.starts_with("test_") && !service_link
         })
         .split("__")
+}
+
+/// The field a figment error is about, as the rest of the messages write it: `routes[0].ttl`.
+fn field_of(e: &figment::Error) -> Option<String> {
+    let mut field = String::new();
+    for step in &e.path {
+        match step.parse::<usize>() {
+            Ok(index) => field.push_str(&format!("[{index}]")),
+            Err(_) if field.is_empty() => field.push_str(step),
+            Err(_) => field.push_str(&format!(".{step}")),
+        }
+    }
+    (!field.is_empty()).then_some(field)
 }
 
 fn describe_figment_error(e: figment::Error) -> String {

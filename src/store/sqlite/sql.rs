@@ -87,24 +87,24 @@ const HOLDER: &str = "SELECT state, fingerprint, created_ms, expires_ms, status,
 
 /// A row of [`HOLDER`]: what holds the key.
 fn holder(r: &rusqlite::Row) -> rusqlite::Result<ClaimOutcome> {
-            let fingerprint: Option<Vec<u8>> = r.get(1)?;
-            let fingerprint = fingerprint.and_then(|f| f.try_into().ok());
-            if r.get::<_, i64>(0)? == 0 {
-                return Ok(ClaimOutcome::InFlight { fingerprint, expires_ms: r.get(3)? });
-            }
-            let headers: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
-            let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default();
-            Ok(ClaimOutcome::Completed(Arc::new(Completed {
-                fingerprint,
-                created_ms: r.get(2)?,
-                expires_ms: r.get(3)?,
-                response: StoredResponse {
-                    status: r.get::<_, Option<u16>>(4)?.unwrap_or(500),
-                    headers: StoredResponse::decode_headers(&headers),
-                    body: Bytes::from(body),
-                    body_omitted: r.get::<_, i64>(7)? != 0,
-                },
-            })))
+    let fingerprint: Option<Vec<u8>> = r.get(1)?;
+    let fingerprint = fingerprint.and_then(|f| f.try_into().ok());
+    if r.get::<_, i64>(0)? == 0 {
+        return Ok(ClaimOutcome::InFlight { fingerprint, expires_ms: r.get(3)? });
+    }
+    let headers: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
+    let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default();
+    Ok(ClaimOutcome::Completed(Arc::new(Completed {
+        fingerprint,
+        created_ms: r.get(2)?,
+        expires_ms: r.get(3)?,
+        response: StoredResponse {
+            status: r.get::<_, Option<u16>>(4)?.unwrap_or(500),
+            headers: StoredResponse::decode_headers(&headers),
+            body: Bytes::from(body),
+            body_omitted: r.get::<_, i64>(7)? != 0,
+        },
+    })))
 }
 
 /// The completed record of `id`, if any: for [`super::SqliteStore::lookup`], on a read-only
