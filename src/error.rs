@@ -26,6 +26,8 @@ pub enum Problem {
     BodyTooLarge(u64),
     #[error("the request body could not be read: {0}")]
     BodyUnreadable(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("an earlier request with this idempotency key is still in progress")]
     InFlight,
     #[error("this idempotency key was already used with a different payload")]
@@ -64,6 +66,7 @@ impl Problem {
             Problem::UpgradeRefused => StatusCode::BAD_REQUEST,
             Problem::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Problem::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Problem::InFlight => StatusCode::CONFLICT,
             Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -84,6 +87,7 @@ impl Problem {
             Problem::MissingScope(_) => "missing-scope",
             Problem::BodyTooLarge(_) => "body-too-large",
             Problem::BodyUnreadable(_) => "bad-body",
+            Problem::BodyTimeout(_) => "body-timeout",
             Problem::InFlight => "key-in-flight",
             Problem::Mismatch => "payload-mismatch",
             Problem::UpstreamUnreachable(_) => "upstream-unreachable",
@@ -107,6 +111,7 @@ impl Problem {
             Problem::MissingScope(_) => "Missing scope",
             Problem::BodyTooLarge(_) => "Request body too large",
             Problem::BodyUnreadable(_) => "Unreadable request body",
+            Problem::BodyTimeout(_) => "Request body too slow",
             Problem::InFlight => "Request in progress",
             Problem::Mismatch => "Idempotency key reused with another payload",
             Problem::UpstreamUnreachable(_) => "Upstream unreachable",

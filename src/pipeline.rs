@@ -45,6 +45,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     tokens: Tokens,
     key_logging: KeyLogging,
+    /// `server.body_read_timeout`.
+    body_read_timeout: std::time::Duration,
     /// Exchanges run on tasks of their own (they outlive a client that goes away); the drain
     /// waits for them, so a graceful stop never leaves an answered key uncommitted.
     exchanges: TaskTracker,
@@ -131,6 +133,7 @@ impl Pipeline {
         upstream: Upstream,
         metrics: Arc<Metrics>,
         key_logging: KeyLogging,
+        body_read_timeout: std::time::Duration,
     ) -> Pipeline {
         Pipeline {
             routes: ArcSwap::from_pointee(Routes::new(router, &metrics)),
@@ -140,6 +143,7 @@ impl Pipeline {
             metrics,
             tokens: Tokens::default(),
             key_logging,
+            body_read_timeout,
             exchanges: TaskTracker::new(),
         }
     }
@@ -227,7 +231,7 @@ impl Pipeline {
             return Err(Problem::UpgradeRefused);
         }
         let (parts, body) = req.into_parts();
-        let body = read_body(&parts, body, route.policy.max_body.0).await?;
+        let body = read_body(&parts, body, route.policy.max_body.0, self.body_read_timeout).await?;
         verify(&route, &parts, &body)?;
         let Some(id) = identify(&route, &parts, &body)? else {
             report.outcome = Outcome::passthrough;
@@ -436,14 +440,19 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), Problem> {
 }
 
 /// Reads the whole body, refusing it unread if its declared length is over the limit.
-async fn read_body(parts: &Parts, body: Incoming, limit: u64) -> Result<Bytes, Problem> {
+/// Stage `read body`: all of it, within `limit` bytes and `within` time. A client that trickles
+/// its body would otherwise hold its connection, and its place among `max_connections`, forever.
+async fn read_body(parts: &Parts, body: Incoming, limit: u64, within: std::time::Duration) -> Result<Bytes, Problem> {
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::BodyTooLarge(limit));
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit_usize).collect().await {
+    let collected = tokio::time::timeout(within, Limited::new(body, limit_usize).collect())
+        .await
+        .map_err(|_| Problem::BodyTimeout(within))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::BodyTooLarge(limit)),
         Err(e) => Err(Problem::BodyUnreadable(e.to_string())),

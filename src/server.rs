@@ -80,7 +80,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         CompletedCache::new(config.store.cache.max_bytes.0, metrics.cache_evictions.clone()),
         metrics.clone(),
     );
-    let pipeline = Arc::new(Pipeline::new(router, records, upstream, metrics.clone(), config.log.keys));
+    let pipeline = Arc::new(Pipeline::new(
+        router,
+        records,
+        upstream,
+        metrics.clone(),
+        config.log.keys,
+        config.server.body_read_timeout.0,
+    ));
     let admin = Arc::new(Admin::new(pipeline.clone(), metrics.clone(), config.admin.token.clone()));
 
     let proxy_listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Bind(config.listen, e))?;

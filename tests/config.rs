@@ -51,6 +51,7 @@ fn invalid_configs_exit_2_naming_the_field() {
         ("upstream: { url: http://x:1 }\ndefaults: { ttl: 7 fortnights }\n", "line 2"),
         ("upstream: { url: http://x:1 }\nstore: { cache: { max_bytes: 12XB } }\n", "invalid size"),
         ("upstream: { url: http://x:1 }\nserver: { max_connections: 0 }\n", "server.max_connections"),
+        ("upstream: { url: http://x:1 }\nserver: { body_read_timeout: 0s }\n", "server.body_read_timeout"),
         (
             "upstream: { url: http://x:1, timeout: 60s }\nroutes:\n  - { name: a, match: { path: /a }, key: { header: K } }\n",
             "lease: 1m must be longer than upstream.timeout",

@@ -140,6 +140,30 @@ async fn slow_request_heads_are_dropped_after_header_read_timeout() {
     assert_eq!(app.total(), 0);
 }
 
+/// A client that sends its head and then trickles (or withholds) its body gets 408 once
+/// `server.body_read_timeout` has passed; nothing is claimed and the app sees nothing.
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_gets_408_and_claims_nothing() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &format!("server: {{ body_read_timeout: 300ms }}\n{HEADER_ROUTE}")).await;
+    let mut stream = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: slow-body\r\nContent-Length: 10\r\n\r\n{\"a\"",
+        )
+        .await
+        .unwrap();
+    let answer = read_some(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout"), "{answer}");
+    assert_eq!(app.total(), 0);
+    assert_eq!(proxy.admin.get("/admin/keys/hooks/slow-body").await.status, 404, "nothing claimed");
+    assert_eq!(proxy.metric(r#"idemgate_requests_total{route="hooks",outcome="rejected"}"#).await, 1.0);
+    // The same delivery sent whole goes through.
+    let whole = proxy.post("/hooks/a", &[("idempotency-key", "slow-body")], r#"{"a":1}"#).await;
+    assert_eq!(whole.status, 200);
+}
+
 #[tokio::test]
 async fn connections_over_max_connections_wait_for_a_free_slot() {
     let app = TestApp::start().await;

@@ -88,6 +88,8 @@ pub enum KeyLogging {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub header_read_timeout: Dur,
+    /// A protected route's whole request body must arrive within this, or the request gets 408.
+    pub body_read_timeout: Dur,
     pub max_connections: usize,
     pub shutdown_grace: Dur,
 }
@@ -96,6 +98,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             header_read_timeout: Dur(Duration::from_secs(10)),
+            body_read_timeout: Dur(Duration::from_secs(30)),
             max_connections: 4096,
             shutdown_grace: Dur(Duration::from_secs(25)),
         }
@@ -415,6 +418,9 @@ impl Config {
         self.validate_upstream()?;
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.body_read_timeout.0.is_zero() {
+            return Err(invalid("server.body_read_timeout", "must be longer than 0s"));
         }
         if self.admin.token.as_deref() == Some("") {
             return Err(invalid("admin.token", "must not be empty (omit it to disable)"));

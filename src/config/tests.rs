@@ -37,6 +37,7 @@ fn every_section_has_the_contract_defaults() {
     assert_eq!(cfg.log.format, LogFormat::Json);
     assert_eq!(cfg.log.level, "info");
     assert_eq!(cfg.server.header_read_timeout.0, Duration::from_secs(10));
+    assert_eq!(cfg.server.body_read_timeout.0, Duration::from_secs(30));
     assert_eq!(cfg.server.max_connections, 4096);
     assert_eq!(cfg.server.shutdown_grace.0, Duration::from_secs(25));
     assert_eq!(cfg.upstream.connect_timeout.0, Duration::from_secs(1));
