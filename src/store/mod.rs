@@ -69,6 +69,10 @@ pub trait Store: Send + Sync + 'static {
     fn lookup(&self, _id: RecordId) -> StoreFuture<Option<Arc<Completed>>> {
         Box::pin(async { Ok(None) })
     }
+    /// Whether [`Store::lookup`] can find anything: if not, a slow claim is simply awaited.
+    fn can_lookup(&self) -> bool {
+        false
+    }
     /// How many records, and how many bytes on disk, where the backend can tell cheaply.
     fn stats(&self) -> StoreFuture<Option<StoreStats>> {
         Box::pin(async { Ok(None) })
@@ -136,6 +140,9 @@ impl Records {
         let now_ms = claim.now_ms;
         let claimed = timed(&self.timings.claim, self.backend.claim(claim));
         tokio::pin!(claimed);
+        if !self.backend.can_lookup() {
+            return Ok(self.cache_completed(&id, claimed.await?, deletes));
+        }
         let outcome = tokio::select! {
             outcome = &mut claimed => outcome?,
             () = tokio::time::sleep(LOOKUP_AFTER) => match self.backend.lookup(id.clone()).await {
@@ -145,10 +152,15 @@ impl Records {
                 _ => claimed.await?,
             },
         };
+        Ok(self.cache_completed(&id, outcome, deletes))
+    }
+
+    /// A completed key found by a claim goes into memory (see [`Records::cache_unless_deleted`]).
+    fn cache_completed(&self, id: &RecordId, outcome: ClaimOutcome, deletes: u64) -> ClaimOutcome {
         if let ClaimOutcome::Completed(done) = &outcome {
-            self.cache_unless_deleted(&id, done.clone(), deletes);
+            self.cache_unless_deleted(id, done.clone(), deletes);
         }
-        Ok(outcome)
+        outcome
     }
 
     pub async fn complete(&self, id: &RecordId, token: u64, completed: Completed) -> Result<bool, StoreError> {

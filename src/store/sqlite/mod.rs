@@ -192,6 +192,9 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+    fn can_lookup(&self) -> bool {
+        true
+    }
     fn lookup(&self, id: RecordId) -> StoreFuture<Option<Arc<Completed>>> {
         let reader = self.reader.clone();
         Box::pin(async move {
