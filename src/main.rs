@@ -101,9 +101,12 @@ fn invalid(e: &config::ConfigError) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    // Before loading: a change made in between is then seen as a change.
-    let loaded = reload::digest(path);
-    let cfg = match config::load(path) {
+    let text = match config::read(path) {
+        Ok(text) => text,
+        Err(e) => return invalid(&e),
+    };
+    let loaded = Some(reload::digest(&text));
+    let cfg = match config::parse(path, &text) {
         Ok(cfg) => cfg,
         Err(e) => return invalid(&e),
     };

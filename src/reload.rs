@@ -58,7 +58,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// `loaded` is the [`digest`] of the file taken before `started` was loaded from it.
+    /// `loaded` is the [`digest`] of the text `started` was parsed from.
     pub fn new(
         path: PathBuf,
         started: Config,
@@ -70,7 +70,9 @@ impl Reloader {
     }
 
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
-        let digest = digest(&self.path);
+        // Read once: the digest and the config are of the same bytes.
+        let text = config::read(&self.path);
+        let digest = text.as_deref().ok().map(digest);
         {
             let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
             if trigger == Trigger::FileChanged && digest.is_some() && *last == digest {
@@ -78,7 +80,7 @@ impl Reloader {
             }
             *last = digest;
         }
-        let outcome = match self.load() {
+        let outcome = match text.and_then(|text| self.load(&text)) {
             Ok((config, router)) => {
                 let routes = router.routes().len();
                 self.pipeline.swap_routes(router);
@@ -90,8 +92,8 @@ impl Reloader {
         outcome
     }
 
-    fn load(&self) -> Result<(Config, Router), ConfigError> {
-        let config = config::load(&self.path)?;
+    fn load(&self, text: &str) -> Result<(Config, Router), ConfigError> {
+        let config = config::parse(&self.path, text)?;
         let router = Router::from_config(&config).map_err(ConfigError)?;
         Ok((config, router))
     }
@@ -118,9 +120,9 @@ impl Reloader {
     }
 }
 
-/// The file's SHA-256, or None if it cannot be read.
-pub fn digest(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|bytes| Sha256::digest(&bytes).into())
+/// The config text's SHA-256: what tells a change of the file from an event that changed nothing.
+pub fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
 }
 
 /// The sections that differ from the running process's and cannot change without a restart.

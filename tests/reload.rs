@@ -42,11 +42,6 @@ fn wait_for_log(proxy: &ChildProxy, message: &str) -> serde_json::Value {
     tokio::task::block_in_place(|| proxy.wait_for_log(message, RELOAD_WAIT))
 }
 
-async fn metric(admin: &TestClient, series: &str) -> f64 {
-    let text = String::from_utf8(admin.get("/metrics").await.body.to_vec()).unwrap();
-    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
-}
-
 /// Is `/hooks/{route}` protected: is a second delivery of a new key replayed?
 async fn protected(client: &TestClient, path: &str, key: &str) -> bool {
     let headers = [("idempotency-key", key)];
@@ -118,10 +113,10 @@ async fn a_replaced_file_swaps_routes_under_traffic_without_a_failed_request() {
         worker.await.unwrap().expect("no request failed and no connection closed");
     }
     assert!(after_reload > before, "requests were answered while the reload happened");
-    assert_eq!(metric(&admin, r#"idemgate_config_reloads_total{result="applied"}"#).await, 1.0);
-    assert_eq!(metric(&admin, r#"idemgate_config_reloads_total{result="refused"}"#).await, 0.0);
+    assert_eq!(admin.metric(r#"idemgate_config_reloads_total{result="applied"}"#).await, 1.0);
+    assert_eq!(admin.metric(r#"idemgate_config_reloads_total{result="refused"}"#).await, 0.0);
     // The new route has its own series.
-    assert_eq!(metric(&admin, r#"idemgate_requests_total{route="b",outcome="replayed"}"#).await, 1.0);
+    assert_eq!(admin.metric(r#"idemgate_requests_total{route="b",outcome="replayed"}"#).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +135,7 @@ async fn an_invalid_file_is_refused_and_the_running_routes_stay() {
     let line = wait_for_log(&proxy, "config reload refused");
     let error = line["error"].as_str().unwrap();
     assert!(error.contains("routes[1].ttl") && error.contains("line "), "names the field and its place: {error}");
-    assert_eq!(metric(&admin, r#"idemgate_config_reloads_total{result="refused"}"#).await, 1.0);
+    assert_eq!(admin.metric(r#"idemgate_config_reloads_total{result="refused"}"#).await, 1.0);
     assert!(protected(&client, "/hooks/a", "a-kept").await, "the running routes stay");
     assert!(!protected(&client, "/hooks/b", "b-not-yet").await);
 
@@ -148,8 +143,8 @@ async fn an_invalid_file_is_refused_and_the_running_routes_stay() {
     std::fs::write(&file, good.replace(ROUTE_A, ROUTES_A_AND_B)).unwrap();
     wait_for_log(&proxy, "config reloaded");
     assert!(protected(&client, "/hooks/b", "b-now").await);
-    assert_eq!(metric(&admin, r#"idemgate_config_reloads_total{result="applied"}"#).await, 1.0);
-    assert_eq!(metric(&admin, r#"idemgate_config_reloads_total{result="refused"}"#).await, 1.0, "counted once");
+    assert_eq!(admin.metric(r#"idemgate_config_reloads_total{result="applied"}"#).await, 1.0);
+    assert_eq!(admin.metric(r#"idemgate_config_reloads_total{result="refused"}"#).await, 1.0, "counted once");
 }
 
 /// Kubernetes mounts a ConfigMap as `name -> ..data/name`, `..data -> ..<timestamp>`, and updates
@@ -224,7 +219,7 @@ async fn sighup_reloads_and_picks_up_a_rotated_secret_file() {
     wait_for_log(&proxy, "config reloaded");
     assert_eq!(post(delivery("new-secret", "d3")).await, 200);
     assert_eq!(post(delivery("old-secret", "d4")).await, 401);
-    assert_eq!(metric(&admin, r#"idemgate_config_reloads_total{result="applied"}"#).await, 1.0);
+    assert_eq!(admin.metric(r#"idemgate_config_reloads_total{result="applied"}"#).await, 1.0);
 }
 
 /// Listen addresses, the store and the other sections bound at start cannot change live: a reload

@@ -348,16 +348,24 @@ policy_fields! {
 
 /// Reads the file, overlays the environment, and validates the result.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
+    parse(path, &read(path)?)
+}
+
+/// The config file's text.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))
+}
+
+/// As [`load`], for the file's `text` already read (`path` names it in messages).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let config: Config =
-        Figment::from(serde_saphyr::figment::Yaml::string(&text)).merge(env_overrides()).extract().map_err(|e| {
+        Figment::from(serde_saphyr::figment::Yaml::string(text)).merge(env_overrides()).extract().map_err(|e| {
             // The figment pass (file and environment) names the field but loses positions;
             // serde-saphyr reports the line and column of what it rejects in the file itself, so
             // where the file alone is at fault, say both. The file alone may also lack what the
             // environment supplies (a database URL with its password, say), which is why it is
             // not checked first.
-            match serde_saphyr::from_str_with_options::<Config>(&text, serde_saphyr::options! { with_snippet: false }) {
+            match serde_saphyr::from_str_with_options::<Config>(text, serde_saphyr::options! { with_snippet: false }) {
                 Err(in_file) => match field_of(&e) {
                     Some(field) => ConfigError(format!("{}: {field}: {in_file}", path.display())),
                     None => ConfigError(format!("{}: {in_file}", path.display())),

@@ -85,14 +85,7 @@ impl Idemgate {
     /// SIGTERM, and the exit status once the drain is done.
     pub fn terminate(mut self, limit: Duration) -> ExitStatus {
         self.signal("TERM");
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "idemgate did not exit within {limit:?} of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::common::child::wait_exit(&mut self.child, limit)
     }
 }
 

@@ -103,14 +103,19 @@ impl ChildProxy {
     }
 
     pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "idemgate did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
+        wait_exit(&mut self.child, limit)
+    }
+}
+
+/// The child's exit status, polled (a child's exit is no event to await) for at most `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
         }
+        assert!(std::time::Instant::now() < deadline, "idemgate did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

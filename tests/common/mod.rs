@@ -248,6 +248,15 @@ impl TestClient {
     pub async fn get(&self, path: &str) -> Reply {
         self.send("GET", path, &[], "").await
     }
+
+    /// On an admin listener: a counter's value from `/metrics`, 0 when the series does not exist yet.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.get("/metrics").await.body.to_vec()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
 }
 
 /// The proxy, in-process, on port 0, with its SQLite file in its own temp dir.
@@ -307,11 +316,7 @@ impl TestProxy {
 
     /// A counter's value from `/metrics`, 0 when the series does not exist yet.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = String::from_utf8(self.admin.get("/metrics").await.body.to_vec()).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
+        self.admin.metric(series).await
     }
 }
 
