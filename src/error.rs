@@ -28,8 +28,9 @@ pub enum Problem {
     BodyUnreadable(String),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    /// `retry_after` is what is left of the holder's lease, in seconds (see [`Problem::in_flight`]).
     #[error("an earlier request with this idempotency key is still in progress")]
-    InFlight,
+    InFlight { retry_after: u64 },
     #[error("this idempotency key was already used with a different payload")]
     Mismatch,
     #[error("the app could not be reached: {0}")]
@@ -55,7 +56,18 @@ pub enum Problem {
     Internal(String),
 }
 
+/// The longest `Retry-After` a 409 gives: a lease can be long (an app with a 10-minute timeout),
+/// and a sender told to wait that long would give up on a key that usually ends in moments.
+const MAX_IN_FLIGHT_RETRY_AFTER: u64 = 60;
+
 impl Problem {
+    /// A 409 for a key whose holder's lease ends at `lease_expires_ms`: retrying before then can
+    /// only meet the same claim (unless it ends early), so that is when the sender should retry.
+    pub fn in_flight(lease_expires_ms: i64, now_ms: i64) -> Problem {
+        let left_ms = lease_expires_ms.saturating_sub(now_ms).max(0) as u64;
+        Problem::InFlight { retry_after: left_ms.div_ceil(1000).clamp(1, MAX_IN_FLIGHT_RETRY_AFTER) }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Problem::BadPath(_)
@@ -67,7 +79,7 @@ impl Problem {
             Problem::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Problem::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Problem::InFlight => StatusCode::CONFLICT,
+            Problem::InFlight { .. } => StatusCode::CONFLICT,
             Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Problem::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,7 +100,7 @@ impl Problem {
             Problem::BodyTooLarge(_) => "body-too-large",
             Problem::BodyUnreadable(_) => "bad-body",
             Problem::BodyTimeout(_) => "body-timeout",
-            Problem::InFlight => "key-in-flight",
+            Problem::InFlight { .. } => "key-in-flight",
             Problem::Mismatch => "payload-mismatch",
             Problem::UpstreamUnreachable(_) => "upstream-unreachable",
             Problem::UpstreamTimeout(_) => "upstream-timeout",
@@ -112,7 +124,7 @@ impl Problem {
             Problem::BodyTooLarge(_) => "Request body too large",
             Problem::BodyUnreadable(_) => "Unreadable request body",
             Problem::BodyTimeout(_) => "Request body too slow",
-            Problem::InFlight => "Request in progress",
+            Problem::InFlight { .. } => "Request in progress",
             Problem::Mismatch => "Idempotency key reused with another payload",
             Problem::UpstreamUnreachable(_) => "Upstream unreachable",
             Problem::UpstreamTimeout(_) => "Upstream timeout",
@@ -130,7 +142,7 @@ impl Problem {
     /// The outcome label this problem is counted under.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Problem::InFlight => Outcome::conflict,
+            Problem::InFlight { .. } => Outcome::conflict,
             Problem::Mismatch => Outcome::mismatch,
             // Internal: the only task that can fail so is the exchange with the app.
             Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) | Problem::Internal(_) => {
@@ -145,9 +157,8 @@ impl Problem {
     /// Seconds a client should wait before trying again, where trying again can succeed.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Problem::InFlight | Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) | Problem::Store(_) => {
-                Some(1)
-            }
+            Problem::InFlight { retry_after } => Some(*retry_after),
+            Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) | Problem::Store(_) => Some(1),
             _ => None,
         }
     }

@@ -123,7 +123,7 @@ impl KeyExtractor {
 
     /// Extracts and validates the key. `Ok(None)` means no source yielded one.
     pub fn extract(&self, req: &RequestView<'_>, max_len: usize) -> Result<Option<String>, KeyError> {
-        let Some((value, origin)) = self.raw(req)? else {
+        let Some((value, origin)) = self.raw(req, Use::Key)? else {
             return Ok(None);
         };
         validate(&value, &origin, max_len)?;
@@ -133,7 +133,7 @@ impl KeyExtractor {
     /// A scope value: hashed before it is stored, so anything a header can carry is fine
     /// (`Authorization: Bearer ...` has a space); only its length is bounded.
     pub fn extract_scope(&self, req: &RequestView<'_>, max_len: usize) -> Result<Option<String>, KeyError> {
-        let Some((value, origin)) = self.raw(req)? else { return Ok(None) };
+        let Some((value, origin)) = self.raw(req, Use::Scope)? else { return Ok(None) };
         if value.len() > max_len {
             return Err(KeyError::TooLong(origin, max_len));
         }
@@ -141,21 +141,21 @@ impl KeyExtractor {
     }
 
     /// The raw value and a description of where it came from, for error messages.
-    fn raw(&self, req: &RequestView<'_>) -> Result<Option<(String, String)>, KeyError> {
+    fn raw(&self, req: &RequestView<'_>, usage: Use) -> Result<Option<(String, String)>, KeyError> {
         let found = match self {
-            KeyExtractor::Header(name) => header_value(req.headers, name)?,
+            KeyExtractor::Header(name) => header_value(req.headers, name, usage)?,
             KeyExtractor::Json(pointer) => json_value(req.json()?, pointer)?,
             KeyExtractor::Query(name) => pair_value(req.query.unwrap_or(""), name, "query parameter")?,
             KeyExtractor::Form(name) => form_value(req.body, name)?,
             KeyExtractor::FirstOf(list) => {
                 for source in list {
-                    if let Some(found) = source.raw(req)? {
+                    if let Some(found) = source.raw(req, usage)? {
                         return Ok(Some(found));
                     }
                 }
                 None
             }
-            KeyExtractor::All(parts) => return composite(parts, req),
+            KeyExtractor::All(parts) => return composite(parts, req, usage),
         };
         Ok(found.filter(|v| !v.is_empty()).map(|v| (v, self.describe())))
     }
@@ -163,10 +163,10 @@ impl KeyExtractor {
 
 /// Joins the parts of an `all` key. Each part escapes `%` and `:` so that `a:b`+`c` and `a`+`b:c`
 /// can never produce the same key.
-fn composite(parts: &[KeyExtractor], req: &RequestView<'_>) -> Result<Option<(String, String)>, KeyError> {
+fn composite(parts: &[KeyExtractor], req: &RequestView<'_>, usage: Use) -> Result<Option<(String, String)>, KeyError> {
     let mut key = String::new();
     for (i, part) in parts.iter().enumerate() {
-        let Some((value, origin)) = part.raw(req)? else {
+        let Some((value, origin)) = part.raw(req, usage)? else {
             return Ok(None);
         };
         validate(&value, &origin, usize::MAX)?;
@@ -179,7 +179,15 @@ fn composite(parts: &[KeyExtractor], req: &RequestView<'_>) -> Result<Option<(St
     Ok(Some((key, origin)))
 }
 
-fn header_value(headers: &HeaderMap, name: &http::HeaderName) -> Result<Option<String>, KeyError> {
+/// What a value is taken for: a key must be one unambiguous value; a scope (often a credential,
+/// hashed before use) may be any header value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Key,
+    Scope,
+}
+
+fn header_value(headers: &HeaderMap, name: &http::HeaderName, usage: Use) -> Result<Option<String>, KeyError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -187,8 +195,16 @@ fn header_value(headers: &HeaderMap, name: &http::HeaderName) -> Result<Option<S
     if values.next().is_some() {
         return Err(KeyError::Duplicate(format!("header {name}")));
     }
-    let text = first.to_str().map_err(|_| KeyError::NotVisible(format!("header {name}")))?;
-    Ok(Some(unquote_sf_string(text.trim()).unwrap_or_else(|| text.trim().to_string())))
+    let text = first.to_str().map_err(|_| KeyError::NotVisible(format!("header {name}")))?.trim();
+    if let Some(unquoted) = unquote_sf_string(text) {
+        return Ok(Some(unquoted));
+    }
+    // A comma outside an sf-string is what a proxy leaves when it merges two header lines into
+    // one: two keys, as ambiguous as two lines.
+    if usage == Use::Key && text.contains(',') {
+        return Err(KeyError::Duplicate(format!("header {name}")));
+    }
+    Ok(Some(text.to_string()))
 }
 
 /// An RFC 8941 sf-string (`"abc"`, with `\"` and `\\` escapes) means the same key as its content.
@@ -281,6 +297,21 @@ mod tests {
             ("{header: Idempotency-Key}", &[("idempotency-key", "\"abc\"")], None, "", ok("abc")),
             ("{header: Idempotency-Key}", &[("idempotency-key", "\"a\\\"b\"")], None, "", ok("a\"b")),
             ("{header: Idempotency-Key}", &[], None, "", Ok(None)),
+            (
+                "{header: Idempotency-Key}",
+                &[("idempotency-key", "k1,k2")],
+                None,
+                "",
+                Err(KeyError::Duplicate("header idempotency-key".into())),
+            ),
+            (
+                "{header: Idempotency-Key}",
+                &[("idempotency-key", "\"k1\", \"k2\"")],
+                None,
+                "",
+                Err(KeyError::Duplicate("header idempotency-key".into())),
+            ),
+            ("{header: Idempotency-Key}", &[("idempotency-key", "\"k1,k2\"")], None, "", ok("k1,k2")),
             ("{header: Idempotency-Key}", &[("idempotency-key", "")], None, "", Ok(None)),
             (
                 "{header: Idempotency-Key}",

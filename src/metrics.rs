@@ -150,6 +150,12 @@ pub struct Metrics {
     /// Claims that took over a key after the previous claim's lease ended unfinished, by route.
     pub lease_expiries: Family<RouteLabel, Counter>,
     pub config_reloads: Family<ReloadLabel, Counter>,
+    /// Keys that a request of this process holds or waits for (`concurrent: wait`).
+    pub wait_keys: Gauge,
+    /// Request and response bodies held in memory now, all requests together.
+    pub buffered_bytes: Gauge,
+    /// Requests refused because `server.max_buffered_bytes` was reached.
+    pub budget_refusals: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -176,6 +182,7 @@ impl Metrics {
         let (store_records, store_bytes, store_wal_bytes): (Gauge, Gauge, Gauge) = Default::default();
         let lease_expiries = Family::<RouteLabel, Counter>::default();
         let config_reloads = Family::<ReloadLabel, Counter>::default();
+        let (wait_keys, buffered_bytes, budget_refusals): (Gauge, Gauge, Counter) = Default::default();
         for result in [ReloadResult::applied, ReloadResult::refused] {
             config_reloads.get_or_create_owned(&ReloadLabel { result });
         }
@@ -239,7 +246,25 @@ impl Metrics {
             "Config reloads (SIGHUP or a change of the file) by result: applied, or refused as invalid",
             config_reloads.clone(),
         );
+        registry.register(
+            "idemgate_wait_keys",
+            "Keys a request of this process holds or waits for; 0 when nothing is in flight",
+            wait_keys.clone(),
+        );
+        registry.register(
+            "idemgate_buffered_bytes",
+            "Request and response bodies held in memory now (bounded by server.max_buffered_bytes)",
+            buffered_bytes.clone(),
+        );
+        registry.register(
+            "idemgate_buffer_refusals",
+            "Requests answered 503 because server.max_buffered_bytes was reached",
+            Counter::clone(&budget_refusals),
+        );
         Metrics {
+            wait_keys,
+            buffered_bytes,
+            budget_refusals,
             registry,
             lease_expiries,
             config_reloads,

@@ -20,7 +20,7 @@ use crate::route::{Route, RouteMatch, Router};
 use crate::store::{Claim, Completed, RecordId, Records, now_ms};
 use crate::upstream::Upstream;
 use crate::verify::SignedRequest;
-use crate::waiters::Waiters;
+use crate::waiters::{Backoff, Held, Waiters};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
@@ -57,13 +57,26 @@ pub struct Routes {
     pub router: Router,
     /// Per route, by `Route::index`; the last entry is for requests on no route ("-").
     metrics: Vec<RouteMetrics>,
+    /// Every route's `forward_key_header`. The app trusts these to carry a key idemgate
+    /// extracted, so a client's copy never reaches it on a request idemgate does not protect.
+    forward_key_headers: Vec<http::HeaderName>,
 }
 
 impl Routes {
     fn new(router: Router, metrics: &Metrics) -> Routes {
         let names = router.routes().iter().map(|r| &*r.name).chain(["-"]);
         let metrics = names.map(|name| metrics.route(name)).collect();
-        Routes { router, metrics }
+        let mut forward_key_headers: Vec<_> = router.routes().iter().map(|r| r.forward_key_header.clone()).collect();
+        forward_key_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        forward_key_headers.dedup();
+        Routes { router, metrics, forward_key_headers }
+    }
+
+    /// Removes client-supplied copies of the headers that carry idemgate's extracted key.
+    fn strip_forged_keys(&self, headers: &mut http::HeaderMap) {
+        for name in &self.forward_key_headers {
+            headers.remove(name);
+        }
     }
 
     fn metrics(&self, route_index: Option<usize>) -> &RouteMetrics {
@@ -80,6 +93,8 @@ struct Claimed {
     fingerprint: Option<Fingerprint>,
     /// When the claim was made: the record's creation time.
     claimed_ms: i64,
+    /// Wakes the key's waiters when the claim is done with (after `commit`).
+    _held: Held,
 }
 
 /// What the request log line and the metrics say about one request.
@@ -139,7 +154,7 @@ impl Pipeline {
             routes: ArcSwap::from_pointee(Routes::new(router, &metrics)),
             records,
             upstream,
-            waiters: Waiters::default(),
+            waiters: Waiters::new(metrics.wait_keys.clone()),
             metrics,
             tokens: Tokens::default(),
             key_logging,
@@ -189,11 +204,15 @@ impl Pipeline {
         let routes = self.routes.load_full();
         let answer = match route(&routes.router, &req) {
             Err(problem) => Err(problem),
-            Ok(RouteMatch::Unmatched) => self.pass_through(req, client).await,
+            Ok(RouteMatch::Unmatched) => {
+                let mut req = req;
+                routes.strip_forged_keys(req.headers_mut());
+                self.pass_through(req, client).await
+            }
             Ok(RouteMatch::Matched(route)) => {
                 report.route = route.name.clone();
                 report.route_index = Some(route.index);
-                self.clone().protect(route, req, client, &mut report).await
+                self.clone().protect(route, &routes, req, client, &mut report).await
             }
         };
         let (response, error) = match answer {
@@ -222,6 +241,7 @@ impl Pipeline {
     async fn protect(
         self: Arc<Self>,
         route: Arc<Route>,
+        routes: &Routes,
         req: Request<Incoming>,
         client: SocketAddr,
         report: &mut Report,
@@ -230,16 +250,18 @@ impl Pipeline {
         if req.headers().contains_key(header::UPGRADE) || req.method() == http::Method::CONNECT {
             return Err(Problem::UpgradeRefused);
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let body = read_body(&parts, body, route.policy.max_body.0, self.body_read_timeout).await?;
         verify(&route, &parts, &body)?;
         let Some(id) = identify(&route, &parts, &body)? else {
             report.outcome = Outcome::passthrough;
+            routes.strip_forged_keys(&mut parts.headers);
             return self.forward_unprotected(parts, body, client).await;
         };
         report.key = Some(id.key.clone());
         let fingerprint = fingerprint(&route, &parts, &body)?;
         let deadline = Instant::now() + route.policy.wait_timeout.0;
+        let mut backoff = Backoff::default();
         loop {
             // Subscribed before the claim, so a wake between the claim and the wait is not lost.
             let waiting = (route.policy.concurrent == Concurrent::Wait).then(|| self.waiters.subscribe(&id));
@@ -253,18 +275,20 @@ impl Pipeline {
                 Decision::Mismatch => return Err(Problem::Mismatch),
                 Decision::InFlight { expires_ms } => {
                     let Some(waiting) = waiting else {
-                        return Err(Problem::InFlight);
+                        return Err(Problem::in_flight(expires_ms, now_ms()));
                     };
-                    if !self.waiters.wait(&id, waiting, deadline, expires_ms).await {
-                        return Err(Problem::InFlight);
+                    if !self.waiters.wait(waiting, deadline, expires_ms, &mut backoff).await {
+                        return Err(Problem::in_flight(expires_ms, now_ms()));
                     }
                 }
                 Decision::Forward { token, took_over } => {
+                    drop(waiting);
                     report.outcome = Outcome::forwarded;
                     report.took_over = took_over;
                     // The exchange runs on its own task: if the client goes away mid-flight, the
                     // app's answer is still committed, so the provider's retry gets the replay.
-                    let claimed = Claimed { route, id, token, fingerprint, claimed_ms };
+                    let held = self.waiters.hold(&id);
+                    let claimed = Claimed { route, id, token, fingerprint, claimed_ms, _held: held };
                     let exchange = self.clone().exchange(claimed, parts, body, client);
                     return self
                         .exchanges
@@ -336,7 +360,8 @@ impl Pipeline {
             self.forward_and_capture(&claimed, parts, body, client).instrument(tracing::debug_span!("forward")).await;
         let answer = self.commit(&claimed, result).instrument(tracing::debug_span!("commit")).await;
         self.metrics.inflight_claims.dec();
-        self.waiters.wake(&claimed.id);
+        // The outcome is durable: the key's waiters may claim again.
+        drop(claimed);
         answer
     }
 
@@ -365,7 +390,7 @@ impl Pipeline {
     /// Stage `commit`: a status in `store_status` completes the key, durably, before the response
     /// leaves; anything else (including no response at all) releases it for the next delivery.
     async fn commit(&self, claimed: &Claimed, result: Result<Captured, Problem>) -> Answer {
-        let Claimed { route, id, token, fingerprint, claimed_ms } = claimed;
+        let Claimed { route, id, token, fingerprint, claimed_ms, .. } = claimed;
         let captured = match result {
             Ok(c) if route.store_status.contains(c.status) => c,
             other => {
@@ -418,9 +443,12 @@ fn route(router: &Router, req: &Request<Incoming>) -> Result<RouteMatch, Problem
 }
 
 fn check_framing(req: &Request<Incoming>) -> Result<(), Problem> {
+    // HTTP/1.0 may omit Host, but never carry two: the app and idemgate could each pick another.
     let hosts = req.headers().get_all(header::HOST).iter().count();
-    if req.version() == http::Version::HTTP_11 && hosts != 1 {
-        return Err(Problem::BadRequest(format!("an HTTP/1.1 request carries exactly one Host header, not {hosts}")));
+    if hosts > 1 || (req.version() == http::Version::HTTP_11 && hosts != 1) {
+        return Err(Problem::BadRequest(format!(
+            "a request carries one Host header (HTTP/1.0: at most one), not {hosts}"
+        )));
     }
     let mut chunked = 0;
     for coding in

@@ -71,15 +71,15 @@ impl Reloader {
 
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         // Read once: the digest and the config are of the same bytes.
+        // Held from the read to the swap: two reloads close together (a SIGHUP beside a file
+        // event) apply one after the other, so the file read last is the config that serves.
+        let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
         let text = config::read(&self.path);
         let digest = text.as_deref().ok().map(digest);
-        {
-            let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
-            if trigger == Trigger::FileChanged && digest.is_some() && *last == digest {
-                return ReloadOutcome::Unchanged;
-            }
-            *last = digest;
+        if trigger == Trigger::FileChanged && digest.is_some() && *last == digest {
+            return ReloadOutcome::Unchanged;
         }
+        *last = digest;
         let outcome = match text.and_then(|text| self.load(&text)) {
             Ok((config, router)) => {
                 let routes = router.routes().len();
@@ -89,6 +89,7 @@ impl Reloader {
             Err(e) => ReloadOutcome::Refused(e),
         };
         self.report(trigger, &outcome);
+        drop(last);
         outcome
     }
 

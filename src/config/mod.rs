@@ -358,8 +358,11 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// As [`load`], for the file's `text` already read (`path` names it in messages).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let config: Config =
-        Figment::from(serde_saphyr::figment::Yaml::string(text)).merge(env_overrides()).extract().map_err(|e| {
+    let config: Config = Figment::from(serde_saphyr::figment::Yaml::string(text))
+        .merge(env_overrides())
+        .merge(env_secrets())
+        .extract()
+        .map_err(|e| {
             // The figment pass (file and environment) names the field but loses positions;
             // serde-saphyr reports the line and column of what it rejects in the file itself, so
             // where the file alone is at fault, say both. The file alone may also lack what the
@@ -386,9 +389,24 @@ fn env_overrides() -> Env {
         .filter(|k| {
             let k = k.as_str().to_ascii_lowercase();
             let service_link = k.starts_with("service_") || k == "port" || k.starts_with("port_");
-            k != "config" && !k.starts_with("test_") && !service_link
+            let secret = SECRET_FIELDS.iter().any(|(var, _)| var.eq_ignore_ascii_case(&k));
+            k != "config" && !k.starts_with("test_") && !service_link && !secret
         })
         .split("__")
+}
+
+/// Secrets set from the environment, each as the (suffix of the) variable and the field it sets.
+const SECRET_FIELDS: [(&str, &str); 1] = [("admin__token", "admin.token")];
+
+/// Secrets are strings exactly as written: figment's environment provider reads `1234567890` as a
+/// number (which a string field then refuses, quoting it in the error) and `0012345` as 12345.
+fn env_secrets() -> Figment {
+    SECRET_FIELDS.iter().fold(Figment::new(), |figment, (var, field)| {
+        match std::env::var(format!("IDEMGATE_{}", var.to_ascii_uppercase())) {
+            Ok(value) => figment.merge(figment::providers::Serialized::default(field, value)),
+            Err(_) => figment,
+        }
+    })
 }
 
 /// The field a figment error is about, as the rest of the messages write it: `routes[0].ttl`.
