@@ -51,6 +51,8 @@ pub enum Problem {
     UnsupportedTransferCoding(String),
     #[error("the signature could not be verified: {0}")]
     Unverified(#[from] crate::verify::VerifyError),
+    #[error("{0}")]
+    OverBudget(#[from] crate::budget::OverBudget),
     /// A bug in idemgate (a task that panicked); never the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -84,7 +86,7 @@ impl Problem {
             Problem::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Problem::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Problem::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Problem::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::Store(_) | Problem::OverBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
             Problem::NotFound(_) => StatusCode::NOT_FOUND,
             Problem::Unauthorized | Problem::Unverified(_) => StatusCode::UNAUTHORIZED,
         }
@@ -105,6 +107,7 @@ impl Problem {
             Problem::UpstreamUnreachable(_) => "upstream-unreachable",
             Problem::UpstreamTimeout(_) => "upstream-timeout",
             Problem::Store(_) => "store-unavailable",
+            Problem::OverBudget(_) => "memory-budget",
             Problem::NotFound(_) => "not-found",
             Problem::Unauthorized => "unauthorized",
             Problem::BadRequest(_) => "bad-request",
@@ -129,6 +132,7 @@ impl Problem {
             Problem::UpstreamUnreachable(_) => "Upstream unreachable",
             Problem::UpstreamTimeout(_) => "Upstream timeout",
             Problem::Store(_) => "Idempotency store unavailable",
+            Problem::OverBudget(_) => "Too many bodies in memory",
             Problem::NotFound(_) => "Not found",
             Problem::Unauthorized => "Unauthorized",
             Problem::BadRequest(_) => "Bad request",
@@ -158,7 +162,10 @@ impl Problem {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Problem::InFlight { retry_after } => Some(*retry_after),
-            Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) | Problem::Store(_) => Some(1),
+            Problem::UpstreamUnreachable(_)
+            | Problem::UpstreamTimeout(_)
+            | Problem::Store(_)
+            | Problem::OverBudget(_) => Some(1),
             _ => None,
         }
     }

@@ -26,6 +26,7 @@
 //! PostgreSQL or Redis shared by several replicas, behind one trait and one behavioural suite.
 
 pub mod admin;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod decide;

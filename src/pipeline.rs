@@ -9,6 +9,7 @@
 //!
 //! Unmatched requests skip everything after `route` and are streamed to the app untouched.
 
+use crate::budget::{Budget, Reservation};
 use crate::config::{Concurrent, KeyLogging, MissingKey};
 use crate::decide::{Decision, decide};
 use crate::error::{Body, Problem};
@@ -25,7 +26,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct Pipeline {
     key_logging: KeyLogging,
     /// `server.body_read_timeout`.
     body_read_timeout: std::time::Duration,
+    /// `server.max_buffered_bytes`, shared by every request.
+    budget: Budget,
     /// Exchanges run on tasks of their own (they outlive a client that goes away); the drain
     /// waits for them, so a graceful stop never leaves an answered key uncommitted.
     exchanges: TaskTracker,
@@ -149,7 +152,13 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         key_logging: KeyLogging,
         body_read_timeout: std::time::Duration,
+        max_buffered_bytes: u64,
     ) -> Pipeline {
+        let budget = Budget::new(
+            usize::try_from(max_buffered_bytes).unwrap_or(usize::MAX),
+            metrics.buffered_bytes.clone(),
+            metrics.budget_refusals.clone(),
+        );
         Pipeline {
             routes: ArcSwap::from_pointee(Routes::new(router, &metrics)),
             records,
@@ -159,6 +168,7 @@ impl Pipeline {
             tokens: Tokens::default(),
             key_logging,
             body_read_timeout,
+            budget,
             exchanges: TaskTracker::new(),
         }
     }
@@ -218,6 +228,9 @@ impl Pipeline {
         let (response, error) = match answer {
             Ok(response) => (response, None),
             Err(problem) => {
+                if matches!(problem, Problem::OverBudget(_)) {
+                    self.budget.refused();
+                }
                 report.outcome = problem.outcome();
                 let error = problem.to_string();
                 (problem.into_response(), Some(error))
@@ -251,7 +264,8 @@ impl Pipeline {
             return Err(Problem::UpgradeRefused);
         }
         let (mut parts, body) = req.into_parts();
-        let body = read_body(&parts, body, route.policy.max_body.0, self.body_read_timeout).await?;
+        let mut memory = self.budget.reservation();
+        let body = read_body(&parts, body, route.policy.max_body.0, self.body_read_timeout, &mut memory).await?;
         verify(&route, &parts, &body)?;
         let Some(id) = identify(&route, &parts, &body)? else {
             report.outcome = Outcome::passthrough;
@@ -289,7 +303,7 @@ impl Pipeline {
                     // app's answer is still committed, so the provider's retry gets the replay.
                     let held = self.waiters.hold(&id);
                     let claimed = Claimed { route, id, token, fingerprint, claimed_ms, _held: held };
-                    let exchange = self.clone().exchange(claimed, parts, body, client);
+                    let exchange = self.clone().exchange(claimed, parts, body, memory, client);
                     return self
                         .exchanges
                         .spawn(exchange.in_current_span())
@@ -354,10 +368,19 @@ impl Pipeline {
     }
 
     /// Stages `forward`, `capture` and `commit` for a claimed key.
-    async fn exchange(self: Arc<Self>, claimed: Claimed, parts: Parts, body: Bytes, client: SocketAddr) -> Answer {
+    async fn exchange(
+        self: Arc<Self>,
+        claimed: Claimed,
+        parts: Parts,
+        body: Bytes,
+        memory: Reservation,
+        client: SocketAddr,
+    ) -> Answer {
         self.metrics.inflight_claims.inc();
-        let result =
-            self.forward_and_capture(&claimed, parts, body, client).instrument(tracing::debug_span!("forward")).await;
+        let result = self
+            .forward_and_capture(&claimed, parts, body, memory, client)
+            .instrument(tracing::debug_span!("forward"))
+            .await;
         let answer = self.commit(&claimed, result).instrument(tracing::debug_span!("commit")).await;
         self.metrics.inflight_claims.dec();
         // The outcome is durable: the key's waiters may claim again.
@@ -371,6 +394,7 @@ impl Pipeline {
         claimed: &Claimed,
         parts: Parts,
         body: Bytes,
+        memory: Reservation,
         client: SocketAddr,
     ) -> Result<Captured, Problem> {
         let route = &claimed.route;
@@ -384,7 +408,10 @@ impl Pipeline {
         let deadline = start + self.upstream.timeout;
         let response = self.upstream.send(req, deadline).await;
         self.metrics.upstream_seconds.observe(start.elapsed().as_secs_f64());
-        replay::capture(response?, route.policy.max_response_body.0, deadline, self.upstream.timeout).await
+        // The request body has gone to the app: its bytes are free for the response.
+        drop(memory);
+        let memory = self.budget.reservation();
+        replay::capture(response?, route.policy.max_response_body.0, deadline, self.upstream.timeout, memory).await
     }
 
     /// Stage `commit`: a status in `store_status` completes the key, durably, before the response
@@ -467,23 +494,58 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Reads the whole body, refusing it unread if its declared length is over the limit.
-/// Stage `read body`: all of it, within `limit` bytes and `within` time. A client that trickles
-/// its body would otherwise hold its connection, and its place among `max_connections`, forever.
-async fn read_body(parts: &Parts, body: Incoming, limit: u64, within: std::time::Duration) -> Result<Bytes, Problem> {
+/// Stage `read body`: all of it, within `limit` bytes and `within` time, every byte reserved in
+/// `memory` first. A declared length over the limit (or over what the budget has free) is refused
+/// unread. A client that trickles its body would otherwise hold its connection, and its place
+/// among `max_connections`, forever.
+async fn read_body(
+    parts: &Parts,
+    body: Incoming,
+    limit: u64,
+    within: std::time::Duration,
+    memory: &mut Reservation,
+) -> Result<Bytes, Problem> {
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::BodyTooLarge(limit));
     }
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(within, Limited::new(body, limit_usize).collect())
+    let declared = declared.map_or(0, |n| n as usize);
+    tokio::time::timeout(within, collect_within(body, limit as usize, declared, memory))
         .await
-        .map_err(|_| Problem::BodyTimeout(within))?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::BodyTooLarge(limit)),
-        Err(e) => Err(Problem::BodyUnreadable(e.to_string())),
+        .map_err(|_| Problem::BodyTimeout(within))?
+}
+
+/// Reads `body` into one buffer (no second copy), growing the reservation chunk by chunk. Past
+/// the budget, the rest is read and dropped: the sender then gets its 503 (a refusal before the
+/// body is read would reach it as a broken connection, mid-upload).
+async fn collect_within(
+    mut body: Incoming,
+    limit: usize,
+    declared: usize,
+    memory: &mut Reservation,
+) -> Result<Bytes, Problem> {
+    let mut over = memory.grow_to(declared).err();
+    let mut buf = bytes::BytesMut::with_capacity(if over.is_some() { 0 } else { declared });
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Problem::BodyUnreadable(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        read += data.len();
+        if read > limit {
+            return Err(Problem::BodyTooLarge(limit as u64));
+        }
+        if over.is_none() {
+            over = memory.grow_to(read).err();
+        }
+        match over {
+            None => buf.extend_from_slice(&data),
+            Some(_) => buf.clear(),
+        }
+    }
+    match over {
+        Some(over) => Err(over.into()),
+        None => Ok(buf.freeze()),
     }
 }
 

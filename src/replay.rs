@@ -4,6 +4,7 @@
 //! app did its work); its record keeps status and headers only, and the first client receives
 //! the whole body, streamed on after the captured prefix.
 
+use crate::budget::Reservation;
 use crate::error::{Body, BoxError, Problem};
 use crate::store::StoredResponse;
 use crate::upstream::strip_hop_by_hop;
@@ -28,6 +29,8 @@ pub struct Captured {
     pub status: StatusCode,
     pub headers: http::HeaderMap,
     pub body: CapturedBody,
+    /// The captured bytes' share of `server.max_buffered_bytes`, held until the body is sent.
+    memory: Reservation,
 }
 
 pub enum CapturedBody {
@@ -36,12 +39,14 @@ pub enum CapturedBody {
     Oversized(Bytes, Incoming),
 }
 
-/// Reads the response body until it ends or passes `limit`, all before `deadline`.
+/// Reads the response body until it ends or passes `limit`, all before `deadline`. A body that
+/// would pass the memory budget is treated as one over `limit`: streamed on, not kept.
 pub async fn capture(
     resp: Response<Incoming>,
     limit: u64,
     deadline: Instant,
     timeout: std::time::Duration,
+    mut memory: Reservation,
 ) -> Result<Captured, Problem> {
     let (mut parts, mut body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -59,17 +64,18 @@ pub async fn capture(
         };
         // Trailers are hop-by-hop in practice and are not replayed.
         if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() as u64 > limit {
-                return Ok(Captured {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body: CapturedBody::Oversized(buf.freeze(), body),
-                });
+            let total = buf.len() + data.len();
+            if total as u64 > limit || memory.grow_to(total).is_err() {
+                // The chunk in hand is sent on with what was read; nothing more is buffered.
+                buf.extend_from_slice(&data);
+                let body = CapturedBody::Oversized(buf.freeze(), body);
+                return Ok(Captured { status: parts.status, headers: parts.headers, body, memory });
             }
+            buf.extend_from_slice(&data);
         }
     }
-    Ok(Captured { status: parts.status, headers: parts.headers, body: CapturedBody::Complete(buf.freeze()) })
+    let body = CapturedBody::Complete(buf.freeze());
+    Ok(Captured { status: parts.status, headers: parts.headers, body, memory })
 }
 
 impl Captured {
@@ -87,7 +93,8 @@ impl Captured {
         }
     }
 
-    /// The first client's response: the whole body, as the app sent it.
+    /// The first client's response: the whole body, as the app sent it. The captured bytes stay
+    /// reserved until the body is sent (or dropped).
     pub fn into_response(self) -> Response<Body> {
         let body = match self.body {
             CapturedBody::Complete(b) => full(b),
@@ -95,6 +102,7 @@ impl Captured {
                 Prefixed { prefix: Some(prefix), rest }.map_err(BoxError::from).boxed_unsync()
             }
         };
+        let body = Reserved { inner: body, _memory: self.memory }.boxed_unsync();
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
@@ -125,6 +133,29 @@ pub fn stream(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, incoming(body))
+}
+
+/// A body that keeps its bytes' memory reservation until it is dropped.
+struct Reserved {
+    inner: Body,
+    _memory: Reservation,
+}
+
+impl hyper::body::Body for Reserved {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A body that yields an already-read prefix, then the rest of a live body.

@@ -35,6 +35,17 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Admin requests in flight at shutdown get this long; they are all short.
 const ADMIN_GRACE: Duration = Duration::from_secs(2);
+/// An admin request's head must arrive within this: probes send theirs at once.
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// No admin connection lives longer (a Prometheus scraper simply reconnects).
+const ADMIN_CONN_LIFETIME: Duration = Duration::from_secs(30);
+/// Open admin connections beyond which new ones are not kept alive.
+const ADMIN_KEEP_ALIVE_UNTIL: usize = 64;
+/// Admin requests are small; a connection's read buffer need not grow to hyper's default 400 KiB.
+const ADMIN_BUF_BYTES: usize = 16 * 1024;
+/// A connection's read buffer at most: the largest head, plus room for body bytes read with it.
+/// hyper's default (about 400 KiB) times thousands of connections would dwarf the body budget.
+const PROXY_BUF_BYTES: usize = MAX_HEAD_BYTES + 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -87,6 +98,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics.clone(),
         config.log.keys,
         config.server.body_read_timeout.0,
+        config.server.max_buffered_bytes.0,
     ));
     let admin = Arc::new(Admin::new(pipeline.clone(), metrics.clone(), config.admin.token.clone()));
 
@@ -112,8 +124,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin_loop = {
         let admin = admin.clone();
-        let admin_limits = Limits { connections: Arc::new(Semaphore::new(64)), ..limits };
-        accept_loop(admin_listener, admin_limits, admin_stopped, move |req, _| admin.clone().handle(req))
+        admin_accept_loop(admin_listener, admin_stopped, move |req| admin.clone().handle(req))
     };
     let proxy_loop = tokio::spawn(proxy_loop);
     let admin_loop = tokio::spawn(admin_loop);
@@ -137,8 +148,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             );
         }
         let _ = stop_admin.send(true);
-        let admin_conns = admin_loop.await.unwrap_or_default();
-        let _ = tokio::time::timeout(ADMIN_GRACE, admin_conns.shutdown()).await;
+        let _ = admin_loop.await;
         sweeper.abort();
         drop(pipeline);
         if let Err(e) = backend.close().await {
@@ -207,6 +217,7 @@ where
             .header_read_timeout(limits.header_read_timeout)
             // The request head must fit in this; a larger one gets 431.
             .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(PROXY_BUF_BYTES)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -216,6 +227,67 @@ where
             drop(permit);
         });
     }
+}
+
+/// Admin connections: probes must be answered within a second whatever else holds connections
+/// here (the port is reachable from the whole cluster network when kubelet probes the pod IP).
+/// So accepting never waits for a permit, a head must arrive within `ADMIN_HEAD_TIMEOUT`, no
+/// connection lives longer than `ADMIN_CONN_LIFETIME`, and past `ADMIN_KEEP_ALIVE_UNTIL` open
+/// connections new ones answer one request and close. Idle or trickling connections then cost a
+/// task and a socket for a bounded time each, and never stand between a probe and its answer.
+async fn admin_accept_loop<F, Fut>(listener: TcpListener, mut stopped: watch::Receiver<bool>, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop_requested(&mut stopped) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(ADMIN_HEAD_TIMEOUT)
+            .keep_alive(connections.len() < ADMIN_KEEP_ALIVE_UNTIL)
+            .max_buf_size(ADMIN_BUF_BYTES)
+            .serve_connection(TokioIo::new(stream), service);
+        let mut stopped = stopped.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => Some(ended),
+                () = tokio::time::sleep(ADMIN_CONN_LIFETIME) => None,
+                _ = stop_requested(&mut stopped) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    // The request in progress (if any) finishes; then the connection closes.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(ADMIN_GRACE, conn).await.unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, %peer, "admin connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(ADMIN_GRACE, connections.wait()).await;
 }
 
 async fn stop_requested(stopped: &mut watch::Receiver<bool>) {

@@ -92,6 +92,8 @@ pub struct ServerConfig {
     pub body_read_timeout: Dur,
     pub max_connections: usize,
     pub shutdown_grace: Dur,
+    /// Request and response bodies held in memory at once, all requests together.
+    pub max_buffered_bytes: Size,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             body_read_timeout: Dur(Duration::from_secs(30)),
             max_connections: 4096,
             shutdown_grace: Dur(Duration::from_secs(25)),
+            max_buffered_bytes: Size(64 << 20),
         }
     }
 }
@@ -467,7 +470,18 @@ impl Config {
             if !names.insert(route.name.as_str()) {
                 return Err(invalid(format!("routes[{i}].name"), format!("duplicate route name {:?}", route.name)));
             }
-            crate::route::Route::compile(route, &self.defaults, self.upstream.timeout).map_err(|e| invalid(at, e))?;
+            let compiled = crate::route::Route::compile(route, &self.defaults, self.upstream.timeout)
+                .map_err(|e| invalid(at, e))?;
+            // Such a route's largest deliveries could never be buffered: 503 for them forever.
+            if compiled.policy.max_body > self.server.max_buffered_bytes {
+                return Err(invalid(
+                    "server.max_buffered_bytes",
+                    format!(
+                        "{} is less than routes[{i}] ({})'s max_body ({})",
+                        self.server.max_buffered_bytes, route.name, compiled.policy.max_body
+                    ),
+                ));
+            }
         }
         Ok(())
     }

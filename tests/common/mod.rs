@@ -262,6 +262,7 @@ impl TestClient {
 /// The proxy, in-process, on port 0, with its SQLite file in its own temp dir.
 pub struct TestProxy {
     pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub client: TestClient,
     pub admin: TestClient,
     pub db_path: PathBuf,
@@ -295,6 +296,7 @@ impl TestProxy {
         let running = idemgate::server::start(config).await.expect("proxy starts");
         TestProxy {
             proxy_addr: running.proxy_addr,
+            admin_addr: running.admin_addr,
             client: TestClient::new(running.proxy_addr),
             admin: TestClient::new(running.admin_addr),
             db_path,
