@@ -10,12 +10,15 @@
 //! |---|---|---|---|---|
 //! | github | `X-GitHub-Delivery` | `X-GitHub-Hook-ID` | 3 days (manual) | 7d |
 //! | stripe | JSON `/id` | | 3 days | 7d |
-//! | shopify | `X-Shopify-Event-Id`, else `X-Shopify-Webhook-Id` | `X-Shopify-Topic` | 4 hours | 2d |
+//! | shopify | `X-Shopify-Event-Id`, else `X-Shopify-Webhook-Id` (¹) | `X-Shopify-Topic` (¹) | 4 hours | 2d |
 //! | slack | JSON `/event_id`, else `/challenge`, else team + minute | | ~6 minutes | 1d |
 //! | standard-webhooks | `webhook-id` | | ~76 hours (spec's example) | 7d |
 //! | svix | `svix-id` | | ~27.6 hours | 7d |
 //! | twilio | `I-Twilio-Idempotency-Token` | | 15 seconds | 1d |
 //! | gitlab | `Idempotency-Key`, else `X-Gitlab-Event-UUID` | | 2 days (manual) | 7d |
+//!
+//! (¹) Each also under its unprefixed name (`shopify-event-id`, `shopify-webhook-id`,
+//! `shopify-topic`), which is read when the `X-Shopify-` one is absent.
 
 use crate::config::{Dur, KeySource, KeySpec};
 use crate::verify::{Scheme, StandardHeaders};
@@ -47,11 +50,20 @@ pub enum Preset {
     /// `X-Shopify-Webhook-Id`, used when the event id is absent. Scoped by `X-Shopify-Topic` so
     /// that one event id seen under two topics stays two deliveries. Signature
     /// `X-Shopify-Hmac-Sha256`: base64 HMAC-SHA256 of the body with the app's client secret.
+    /// Shopify also sends these headers under unprefixed names (`shopify-hmac-sha256`,
+    /// `shopify-event-id`, `shopify-topic`, ...): its events webhooks carry both spellings, newer
+    /// deliveries may carry only the new one. Each is read when the `X-Shopify-` spelling is
+    /// absent; when both are present the `X-Shopify-` one wins for the key and scope (so a
+    /// delivery keeps the key it had before), and the two signature headers must be equal (see
+    /// `verify::hmac`). The two topics need not be equal: events webhooks write `shopify-topic`
+    /// in another form (`PRODUCT`), so agreement is not required of the key and scope headers,
+    /// which the signature does not cover anyway.
     /// Retries: 8 times over 4 hours (since September 2024).
     /// Sources: <https://shopify.dev/docs/apps/build/webhooks/ignore-duplicates>,
     /// <https://shopify.dev/docs/apps/build/webhooks/verify-deliveries>,
     /// <https://shopify.dev/docs/apps/build/webhooks/delivery-structure#headers>,
-    /// <https://shopify.dev/changelog/updates-to-webhook-retry-mechanism>.
+    /// <https://shopify.dev/changelog/updates-to-webhook-retry-mechanism>, and Shopify's
+    /// `@shopify/shopify-api` (`lib/webhooks/header-names.ts`, `validate.ts`: the events headers).
     Shopify,
     /// Slack Events API. `event_id` is unique across all workspaces, so no scope. The one-time
     /// `url_verification` request has no `event_id` and is keyed by its `challenge`;
@@ -141,8 +153,13 @@ impl Preset {
             }
             Preset::Stripe => (json("/id"), None, 3 * DAY, 7 * DAY, Scheme::Stripe),
             Preset::Shopify => (
-                first_of([header("X-Shopify-Event-Id"), header("X-Shopify-Webhook-Id")]),
-                Some(header("X-Shopify-Topic")),
+                first_of([
+                    header("X-Shopify-Event-Id"),
+                    header("shopify-event-id"),
+                    header("X-Shopify-Webhook-Id"),
+                    header("shopify-webhook-id"),
+                ]),
+                Some(first_of([header("X-Shopify-Topic"), header("shopify-topic")])),
                 4 * HOUR,
                 2 * DAY,
                 Scheme::shopify(),
@@ -244,6 +261,45 @@ mod tests {
             fixture!("shopify-orders-create.json"),
             &[("X-Shopify-Topic", "orders/create"), ("X-Shopify-Webhook-Id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043")],
             "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
+            Some("orders/create"),
+        ),
+        (
+            Preset::Shopify,
+            fixture!("shopify-orders-create.json"),
+            &[("shopify-topic", "orders/create"), ("shopify-event-id", "98880550-7158-44d4-b7cd-2c97c8a091b5")],
+            "98880550-7158-44d4-b7cd-2c97c8a091b5",
+            Some("orders/create"),
+        ),
+        (
+            Preset::Shopify,
+            fixture!("shopify-orders-create.json"),
+            &[("shopify-topic", "orders/create"), ("shopify-webhook-id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043")],
+            "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
+            Some("orders/create"),
+        ),
+        (
+            // Both spellings: the X-Shopify- ones win, whatever the unprefixed ones say.
+            Preset::Shopify,
+            fixture!("shopify-orders-create.json"),
+            &[
+                ("shopify-topic", "ORDER"),
+                ("shopify-event-id", "evt-unprefixed"),
+                ("X-Shopify-Topic", "orders/create"),
+                ("X-Shopify-Event-Id", "98880550-7158-44d4-b7cd-2c97c8a091b5"),
+            ],
+            "98880550-7158-44d4-b7cd-2c97c8a091b5",
+            Some("orders/create"),
+        ),
+        (
+            // An event id under the new name beats a webhook id under the old one.
+            Preset::Shopify,
+            fixture!("shopify-orders-create.json"),
+            &[
+                ("X-Shopify-Topic", "orders/create"),
+                ("X-Shopify-Webhook-Id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"),
+                ("shopify-event-id", "98880550-7158-44d4-b7cd-2c97c8a091b5"),
+            ],
+            "98880550-7158-44d4-b7cd-2c97c8a091b5",
             Some("orders/create"),
         ),
         (Preset::Slack, fixture!("slack-event_callback.json"), &[], "Ev123ABC456", None),

@@ -203,6 +203,7 @@ pub(super) fn resolve_scheme(cfg: &VerifyConfig, preset: Option<&Scheme>) -> Res
                 algorithm: Algorithm::default(),
                 encoding: Encoding::default(),
                 prefix: String::new(),
+                alias: None,
             })
         }
         Some(name) => Scheme::named(name).ok_or("verify.scheme: unknown")?,
@@ -215,6 +216,7 @@ pub(super) fn resolve_scheme(cfg: &VerifyConfig, preset: Option<&Scheme>) -> Res
         Scheme::Hmac(mut h) => {
             if let Some(header) = &cfg.header {
                 h.header = header_name(header)?;
+                h.alias = None;
             }
             h.algorithm = cfg.algorithm.unwrap_or(h.algorithm);
             h.encoding = cfg.encoding.unwrap_or(h.encoding);

@@ -7,7 +7,8 @@
 //!
 //! | scheme | header(s) | what is signed |
 //! |---|---|---|
-//! | `hmac` (and `github`, `shopify`) | one header, hex or base64, optional prefix | the raw body |
+//! | `hmac` (and `github`) | one header, hex or base64, optional prefix | the raw body |
+//! | `shopify` | `X-Shopify-Hmac-Sha256` or `shopify-hmac-sha256` (equal if both), base64 | the raw body |
 //! | `stripe` | `Stripe-Signature: t=..,v1=..` | `{t}.{body}`, HMAC-SHA256 hex |
 //! | `slack` | `X-Slack-Signature: v0=..`, `X-Slack-Request-Timestamp` | `v0:{ts}:{body}` |
 //! | `standard-webhooks`, `svix` | `webhook-*` / `svix-*` id, timestamp, signature | `{id}.{ts}.{body}` |
@@ -16,7 +17,9 @@
 //!
 //! Every check is constant-time (`Mac::verify_slice`, or digests of fixed length); every secret
 //! is tried, so two can be active while one is rotated out; a signature header given twice is
-//! refused as ambiguous; timestamps are digits only and must lie within `tolerance` (5 minutes
+//! refused as ambiguous, and so is a signature under two names with different values (Shopify's
+//! `X-Shopify-Hmac-Sha256` and `shopify-hmac-sha256`); `whsec_` secrets are read with or without
+//! their base64 padding; timestamps are digits only and must lie within `tolerance` (5 minutes
 //! unless set) of the injected clock. Neither errors, `Debug` nor [`Verifier::describe`] ever
 //! contain a secret or a computed signature.
 
@@ -65,6 +68,10 @@ pub struct HmacScheme {
     pub encoding: Encoding,
     /// Text before the encoded signature (`sha256=` for GitHub), empty for none.
     pub prefix: String,
+    /// Another name the provider sends the same signature under (Shopify: `shopify-hmac-sha256`
+    /// beside `X-Shopify-Hmac-Sha256`). Either may carry it; when both are present they must be
+    /// equal, or the request is refused as ambiguous. Cleared when `header:` is configured.
+    pub alias: Option<HeaderName>,
 }
 
 /// The three header names of the Standard Webhooks scheme.
@@ -92,16 +99,20 @@ impl Scheme {
             algorithm: Algorithm::Sha256,
             encoding: Encoding::Hex,
             prefix: "sha256=".into(),
+            alias: None,
         })
     }
 
-    /// `X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256(secret, body)>`.
+    /// `X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256(secret, body)>`, or the same value under the
+    /// unprefixed `shopify-hmac-sha256` (events webhooks send both names, newer deliveries may send
+    /// only that one).
     pub fn shopify() -> Scheme {
         Scheme::Hmac(HmacScheme {
             header: HeaderName::from_static("x-shopify-hmac-sha256"),
             algorithm: Algorithm::Sha256,
             encoding: Encoding::Base64,
             prefix: String::new(),
+            alias: Some(HeaderName::from_static("shopify-hmac-sha256")),
         })
     }
 
@@ -129,7 +140,8 @@ impl Scheme {
         match self {
             Scheme::Hmac(h) => {
                 let prefix = if h.prefix.is_empty() { String::new() } else { format!(" after {:?}", h.prefix) };
-                format!("hmac-{} {} in {}{prefix}", h.algorithm.name(), h.encoding.name(), h.header)
+                let alias = h.alias.as_ref().map(|a| format!(" (or {a})")).unwrap_or_default();
+                format!("hmac-{} {} in {}{alias}{prefix}", h.algorithm.name(), h.encoding.name(), h.header)
             }
             Scheme::Stripe => "stripe (Stripe-Signature t=,v1=)".into(),
             Scheme::Slack => "slack (X-Slack-Signature v0=, X-Slack-Request-Timestamp)".into(),

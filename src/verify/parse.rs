@@ -29,6 +29,15 @@ pub(super) fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'
     Ok(text.trim())
 }
 
+/// Like [`single_header`], but an absent header is `None` rather than an error.
+pub(super) fn optional_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, VerifyError> {
+    match single_header(headers, name) {
+        Ok(text) => Ok(Some(text)),
+        Err(VerifyError::MissingHeader(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A Unix timestamp in seconds: ASCII digits only (no sign, no space), fitting an i64.
 pub(super) fn timestamp(text: &str, what: &str) -> Result<i64, VerifyError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {

@@ -77,15 +77,37 @@ fn from_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
 
 const WHSEC: &[u8] = b"whsec_";
 
-/// Standard Webhooks and Svix secrets are `whsec_` + base64 of the key. GitLab's signing token
-/// is taken the same way when it has the prefix, as itself otherwise.
+/// How the base64 after `whsec_` is read: the standard alphabet, with or without its `=` padding.
+/// The reference libraries disagree on padding (standardwebhooks' and Svix's Python libraries
+/// append `==` themselves "in case whsecret is unpadded", Svix's Rust library decodes with
+/// base64 0.13, which never required it; the Go ones require it), and a secret copied without its
+/// trailing `=` is the same key, so both are accepted. Anything else (another alphabet, stray
+/// characters, non-zero trailing bits) is refused: no generator writes it, and reading it
+/// leniently would give a different key, hence a 401 on every delivery instead of an error now.
+const WHSEC_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The key of a `whsec_<base64>` secret (the prefix is optional, as in the reference libraries).
+fn whsec_key(text: &[u8]) -> Option<Vec<u8>> {
+    WHSEC_BASE64.decode(text.strip_prefix(WHSEC).unwrap_or(text)).ok().filter(|key| !key.is_empty())
+}
+
+/// Standard Webhooks and Svix secrets are `whsec_` + base64 of the key. GitLab's signing token is
+/// always `whsec_` + base64 (GitLab refuses to save any other, and generates a 32-byte key), so a
+/// secret with that prefix is decoded and must decode; any other GitLab secret is a plain secret
+/// token (`X-Gitlab-Token`), used as its bytes.
 fn hmac_key(raw: &[u8], scheme: &Scheme) -> Result<Vec<u8>, String> {
-    let b64 = base64::engine::general_purpose::STANDARD;
     match scheme {
-        Scheme::StandardWebhooks(_) => b64
-            .decode(raw.strip_prefix(WHSEC).unwrap_or(raw))
-            .map_err(|_| "not a Standard Webhooks secret (whsec_ followed by base64)".to_string()),
-        Scheme::Gitlab => Ok(raw.strip_prefix(WHSEC).and_then(|k| b64.decode(k).ok()).unwrap_or_else(|| raw.to_vec())),
+        Scheme::StandardWebhooks(_) => whsec_key(raw).ok_or_else(|| {
+            "not a Standard Webhooks secret (whsec_ followed by the base64 of a non-empty key)".to_string()
+        }),
+        Scheme::Gitlab if raw.starts_with(WHSEC) => whsec_key(raw).ok_or_else(|| {
+            "starts with whsec_ but is not a GitLab signing token (whsec_ followed by the base64 of its key)"
+                .to_string()
+        }),
         _ => Ok(raw.to_vec()),
     }
 }

@@ -1,7 +1,8 @@
 //! Standard Webhooks (standardwebhooks.com), also Svix's scheme and GitLab's signing token.
 //!
 //! `webhook-signature` is a space-separated list of `v1,<base64 HMAC-SHA256>` over
-//! `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the base64 after `whsec_`. Entries of
+//! `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the base64 after `whsec_` (padded or
+//! not, as the reference libraries read it; see `secret::WHSEC_BASE64`). Entries of
 //! other versions (`v1a` is an ed25519 signature) are skipped; a list without any `v1` is refused.
 
 use super::parse::{MAX_SIGNATURES, base64, check_age, check_len, malformed, single_header, timestamp};

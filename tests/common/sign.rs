@@ -37,6 +37,11 @@ pub fn shopify(key: &[u8], body: &[u8], _ts: i64, _url: &str) -> Headers {
     vec![h("X-Shopify-Hmac-Sha256", b64(&mac256(key, &[body])))]
 }
 
+/// Shopify's unprefixed header name for the same signature (events webhooks, newer deliveries).
+pub fn shopify_unprefixed(key: &[u8], body: &[u8], _ts: i64, _url: &str) -> Headers {
+    vec![h("shopify-hmac-sha256", b64(&mac256(key, &[body])))]
+}
+
 pub fn stripe(key: &[u8], body: &[u8], ts: i64, _url: &str) -> Headers {
     let t = ts.to_string();
     vec![h("Stripe-Signature", format!("t={t},v1={}", hex(&mac256(key, &[t.as_bytes(), b".", body]))))]
@@ -48,7 +53,14 @@ pub fn slack(key: &[u8], body: &[u8], ts: i64, _url: &str) -> Headers {
     vec![h("X-Slack-Request-Timestamp", t), h("X-Slack-Signature", format!("v0={sig}"))]
 }
 
-fn standard(prefix: &str, id: &str, key: &[u8], body: &[u8], ts: i64) -> Headers {
+/// `whsec_` + the base64 of `key`, without the `=` padding (as some dashboards and copies show it).
+pub fn whsec_unpadded(key: &[u8]) -> String {
+    format!("whsec_{}", b64(key).trim_end_matches('='))
+}
+
+/// Standard Webhooks signing as the reference libraries do it: `v1,` + base64 of HMAC-SHA256 of
+/// `{id}.{ts}.{body}`, keyed with the bytes the `whsec_` secret encodes.
+pub fn standard(prefix: &str, id: &str, key: &[u8], body: &[u8], ts: i64) -> Headers {
     let t = ts.to_string();
     let sig = b64(&mac256(key, &[id.as_bytes(), b".", t.as_bytes(), b".", body]));
     vec![
@@ -72,6 +84,14 @@ pub fn twilio(key: &[u8], body: &[u8], _ts: i64, url: &str) -> Headers {
     params.sort();
     let signed: String = params.iter().map(|(k, v)| format!("{k}{v}")).collect();
     vec![h("X-Twilio-Signature", b64(&mac1(key, &[url.as_bytes(), signed.as_bytes()])))]
+}
+
+/// GitLab's signing token: Standard Webhooks headers, `webhook-id` equal to `Idempotency-Key`.
+pub fn gitlab_signing(key: &[u8], body: &[u8], ts: i64, _url: &str) -> Headers {
+    let id = "f5e5f430-f57b-4e6e-9fac-d9128cd7232f";
+    let mut headers = standard("webhook", id, key, body, ts);
+    headers.push(h("Idempotency-Key", id));
+    headers
 }
 
 pub fn gitlab(key: &[u8], _body: &[u8], _ts: i64, _url: &str) -> Headers {

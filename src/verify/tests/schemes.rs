@@ -36,6 +36,10 @@ fn sign_shopify(key: &[u8], body: &[u8], _: i64) -> Req {
     Req::post(body).header("X-Shopify-Hmac-Sha256", &b64(&mac256(key, &[body])))
 }
 
+fn sign_shopify_unprefixed(key: &[u8], body: &[u8], _: i64) -> Req {
+    Req::post(body).header("shopify-hmac-sha256", &b64(&mac256(key, &[body])))
+}
+
 fn sign_stripe(key: &[u8], body: &[u8], ts: i64) -> Req {
     let t = ts.to_string();
     let v1 = hex(&mac256(key, &[t.as_bytes(), b".", body]));
@@ -114,15 +118,30 @@ fn kits() -> Vec<Kit> {
             "sha256=zz",
             false,
         ),
-        kit(
-            "shopify",
-            "scheme: shopify",
-            sign_shopify,
-            fixture!("shopify-orders-create.json"),
-            "x-shopify-hmac-sha256",
-            "no base64!",
-            false,
-        ),
+        Kit {
+            missing: "x-shopify-hmac-sha256 or shopify-hmac-sha256",
+            ..kit(
+                "shopify",
+                "scheme: shopify",
+                sign_shopify,
+                fixture!("shopify-orders-create.json"),
+                "x-shopify-hmac-sha256",
+                "no base64!",
+                false,
+            )
+        },
+        Kit {
+            missing: "x-shopify-hmac-sha256 or shopify-hmac-sha256",
+            ..kit(
+                "shopify, unprefixed header",
+                "scheme: shopify",
+                sign_shopify_unprefixed,
+                fixture!("shopify-orders-create.json"),
+                "shopify-hmac-sha256",
+                "no base64!",
+                false,
+            )
+        },
         kit(
             "stripe",
             "scheme: stripe",
