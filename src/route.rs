@@ -4,7 +4,9 @@
 //! `/webhooks/./github` cannot slip past the github route as an unprotected pass-through. The
 //! request itself is forwarded as it arrived.
 
-use crate::config::{Concurrent, Dur, FingerprintSpec, Policy, RouteConfig, RouteOptions, StatusPattern};
+use crate::config::{
+    Concurrent, Dur, FingerprintSpec, Policy, RouteConfig, RouteOptions, ScopeSpec, StatusPattern,
+};
 use crate::fingerprint::Fingerprinter;
 use crate::key::KeyExtractor;
 use crate::preset::Preset;
@@ -22,6 +24,9 @@ pub struct Route {
     methods: Vec<Method>,
     pub key: KeyExtractor,
     pub scope: Option<KeyExtractor>,
+    /// No `scope` field and none from a preset: keys are scoped by the request's credentials
+    /// (`Authorization`, `Cookie`), so one client's stored response never replays to another.
+    pub credentials_scoped: bool,
     pub fingerprint: Fingerprinter,
     /// Checks the provider's signature before anything is claimed.
     pub verifier: Option<Verifier>,
@@ -65,7 +70,14 @@ impl Route {
             .or(preset.as_ref().map(|p| &p.key))
             .ok_or("key: is required (e.g. key: { header: Idempotency-Key }), or a preset")?;
         let key = KeyExtractor::compile(key_spec).map_err(|e| format!("key: {e}"))?;
-        let scope_spec = cfg.scope.as_ref().or(preset.as_ref().and_then(|p| p.scope.as_ref()));
+        let (scope_spec, credentials_scoped) = match &cfg.scope {
+            Some(ScopeSpec::Shared(_)) => (None, false),
+            Some(ScopeSpec::From(spec)) => (Some(spec), false),
+            None => {
+                let preset_scope = preset.as_ref().and_then(|p| p.scope.as_ref());
+                (preset_scope, preset_scope.is_none())
+            }
+        };
         let scope = scope_spec.map(KeyExtractor::compile).transpose().map_err(|e| format!("scope: {e}"))?;
         let verifier =
             cfg.verify.as_ref().map(|v| Verifier::compile(v, preset.as_ref().map(|p| &p.scheme))).transpose()?;
@@ -81,6 +93,7 @@ impl Route {
             methods,
             key,
             scope,
+            credentials_scoped,
             fingerprint,
             verifier,
             retry_window: preset.as_ref().map(|p| p.retry_window),
@@ -129,8 +142,11 @@ impl Route {
              store_status {status:?}, max_body {mb}, max_response_body {mrb}, missing_key {mk}, fingerprint {fp}",
             name = self.name,
             key = self.key.describe(),
-            scope = self.scope.as_ref().map(|s| format!(", scope {}", s.describe())).unwrap_or_default()
-                + &self.verifier.as_ref().map(|v| format!(", verify {}", v.describe())).unwrap_or_default(),
+            scope = match (&self.scope, self.credentials_scoped) {
+                (Some(s), _) => format!(", scope {}", s.describe()),
+                (None, true) => ", scope credentials".to_string(),
+                (None, false) => ", scope none".to_string(),
+            } + &self.verifier.as_ref().map(|v| format!(", verify {}", v.describe())).unwrap_or_default(),
             ttl = p.ttl,
             lease = p.lease,
             // As the YAML spells them.

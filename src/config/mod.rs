@@ -248,6 +248,28 @@ pub enum KeySpec {
     FirstOf(Vec<KeySpec>),
 }
 
+/// A route's `scope`: where the namespace of its keys comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged, expecting = "none, or a key source ({header|json|query|form|all: ...}) or a list of them")]
+pub enum ScopeSpec {
+    /// `scope: none`: every client shares one namespace, on purpose.
+    Shared(NoneWord),
+    From(KeySpec),
+}
+
+/// The word `none`, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoneWord;
+
+impl<'de> Deserialize<'de> for NoneWord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "none" => Ok(NoneWord),
+            other => Err(serde::de::Error::custom(format!("expected none, not {other:?}"))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum FingerprintSpec {
@@ -313,7 +335,8 @@ macro_rules! policy_fields {
             /// A provider's key, scope, ttl and signature scheme; any field set beside it wins.
             pub preset: Option<crate::preset::Preset>,
             pub key: Option<KeySpec>,
-            pub scope: Option<KeySpec>,
+            /// Absent: scoped by the request's credentials; `none`: one namespace for everyone.
+            pub scope: Option<ScopeSpec>,
             /// Signature verification, checked before anything is claimed.
             pub verify: Option<crate::verify::VerifyConfig>,
             $(pub $field: Option<$ty>,)*
