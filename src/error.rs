@@ -40,6 +40,9 @@ pub enum Problem {
     Store(#[from] StoreError),
     #[error("{0}")]
     NotFound(String),
+    /// `unmatched: reject` and no route matches the request (its path, or its method).
+    #[error("no route matches this request")]
+    NoRoute,
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("{0}")]
@@ -73,7 +76,7 @@ impl Problem {
             Problem::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Problem::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Problem::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Problem::NotFound(_) => StatusCode::NOT_FOUND,
+            Problem::NotFound(_) | Problem::NoRoute => StatusCode::NOT_FOUND,
             Problem::Unauthorized | Problem::Unverified(_) => StatusCode::UNAUTHORIZED,
         }
     }
@@ -94,6 +97,7 @@ impl Problem {
             Problem::UpstreamTimeout(_) => "upstream-timeout",
             Problem::Store(_) => "store-unavailable",
             Problem::NotFound(_) => "not-found",
+            Problem::NoRoute => "no-route",
             Problem::Unauthorized => "unauthorized",
             Problem::BadRequest(_) => "bad-request",
             Problem::UpgradeRefused => "upgrade-refused",
@@ -118,6 +122,7 @@ impl Problem {
             Problem::UpstreamTimeout(_) => "Upstream timeout",
             Problem::Store(_) => "Idempotency store unavailable",
             Problem::NotFound(_) => "Not found",
+            Problem::NoRoute => "No route",
             Problem::Unauthorized => "Unauthorized",
             Problem::BadRequest(_) => "Bad request",
             Problem::UpgradeRefused => "Upgrade refused",

@@ -189,6 +189,7 @@ impl Pipeline {
         let routes = self.routes.load_full();
         let answer = match route(&routes.router, &req) {
             Err(problem) => Err(problem),
+            Ok(RouteMatch::Unmatched) if routes.router.rejects_unmatched() => Err(Problem::NoRoute),
             Ok(RouteMatch::Unmatched) => self.pass_through(req, client).await,
             Ok(RouteMatch::Matched(route)) => {
                 report.route = route.name.clone();
