@@ -1,7 +1,7 @@
 //! What a route matches: a path or a prefix of whole segments, compared with or without case, and
 //! a set of methods.
 
-use super::path::{NormalPath, fold, has_case, normalize_path};
+use super::path::{NormalPath, fold, has_case};
 use http::Method;
 
 /// A route's `match:`, compiled.
@@ -105,7 +105,7 @@ fn config_path(p: &str, field: &str) -> Result<NormalPath, String> {
     if p.contains(';') {
         return Err(format!("{field}: {p:?}: path parameters (';') are never part of a matched path"));
     }
-    let path = normalize_path(p).map_err(|e| format!("{field}: {p:?}: {e}"))?;
+    let path = NormalPath::parse(p).map_err(|e| format!("{field}: {p:?}: {e}"))?;
     let normal = path.to_string();
     if p != normal && p != format!("{normal}/") {
         return Err(format!("{field}: {p:?} is not in normal form; write {normal:?}"));
@@ -125,7 +125,7 @@ mod tests {
     }
 
     fn hits(m: &Matcher, method: &str, raw: &str) -> bool {
-        let path = normalize_path(raw).unwrap();
+        let path = NormalPath::parse(raw).unwrap();
         m.matches(&Method::from_bytes(method.as_bytes()).unwrap(), &path, &path.folded())
     }
 

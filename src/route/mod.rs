@@ -214,7 +214,7 @@ impl Router {
         if self.routes.is_empty() {
             return Ok(RouteMatch::Unmatched);
         }
-        let path = normalize_path(raw_path)?;
+        let path = NormalPath::parse(raw_path)?;
         let folded = path.folded();
         Ok(self
             .routes
