@@ -41,6 +41,9 @@ pub enum Problem {
     Store(#[from] StoreError),
     #[error("{0}")]
     NotFound(String),
+    /// `unmatched: reject` and no route matches the request (its path, or its method).
+    #[error("no route matches this request")]
+    NoRoute,
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("{0}")]
@@ -87,7 +90,7 @@ impl Problem {
             Problem::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Problem::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Problem::Store(_) | Problem::OverBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Problem::NotFound(_) => StatusCode::NOT_FOUND,
+            Problem::NotFound(_) | Problem::NoRoute => StatusCode::NOT_FOUND,
             Problem::Unauthorized | Problem::Unverified(_) => StatusCode::UNAUTHORIZED,
         }
     }
@@ -109,6 +112,7 @@ impl Problem {
             Problem::Store(_) => "store-unavailable",
             Problem::OverBudget(_) => "memory-budget",
             Problem::NotFound(_) => "not-found",
+            Problem::NoRoute => "no-route",
             Problem::Unauthorized => "unauthorized",
             Problem::BadRequest(_) => "bad-request",
             Problem::UpgradeRefused => "upgrade-refused",
@@ -134,6 +138,7 @@ impl Problem {
             Problem::Store(_) => "Idempotency store unavailable",
             Problem::OverBudget(_) => "Too many bodies in memory",
             Problem::NotFound(_) => "Not found",
+            Problem::NoRoute => "No route",
             Problem::Unauthorized => "Unauthorized",
             Problem::BadRequest(_) => "Bad request",
             Problem::UpgradeRefused => "Upgrade refused",

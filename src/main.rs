@@ -86,7 +86,9 @@ fn check(path: &std::path::Path) -> ExitCode {
             for route in router.routes() {
                 println!("  {}", route.describe());
             }
-            for warning in router.routes().iter().flat_map(|r| r.warnings()) {
+            let unmatched = if router.rejects_unmatched() { "rejected (404)" } else { "passed to the app" };
+            println!("requests that match no route are {unmatched}");
+            for warning in router.warnings() {
                 eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS

@@ -214,6 +214,7 @@ impl Pipeline {
         let routes = self.routes.load_full();
         let answer = match route(&routes.router, &req) {
             Err(problem) => Err(problem),
+            Ok(RouteMatch::Unmatched) if routes.router.rejects_unmatched() => Err(Problem::NoRoute),
             Ok(RouteMatch::Unmatched) => {
                 let mut req = req;
                 routes.strip_forged_keys(req.headers_mut());

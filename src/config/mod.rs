@@ -30,6 +30,9 @@ fn invalid(field: impl std::fmt::Display, why: impl std::fmt::Display) -> Config
 pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// What becomes of a request that matches no route.
+    #[serde(default)]
+    pub unmatched: Unmatched,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -48,6 +51,16 @@ pub struct Config {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// `pass`: a request that matches no route goes to the app untouched; `reject`: it gets 404, so
+/// the sidecar is the app's only door.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    #[default]
+    Pass,
+    Reject,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -316,6 +329,9 @@ pub struct MatchConfig {
     pub path_prefix: Option<String>,
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Compare the path's ASCII case too (by default `/Webhooks/GitHub` is `/webhooks/github`).
+    #[serde(default)]
+    pub case_sensitive: bool,
 }
 
 /// Declares the per-route policy fields once: `RouteOptions` (all optional, used for `defaults:`),

@@ -1,11 +1,18 @@
 //! Stage `route`: normalize the request path and find the first route that matches it.
 //!
-//! Matching happens on the normalized path so that `/webhooks/%67ithub`, `//webhooks/github` and
-//! `/webhooks/./github` cannot slip past the github route as an unprotected pass-through. The
-//! request itself is forwarded as it arrived.
+//! Matching happens on the normalized path ([`path`]) so that `/webhooks/%67ithub`,
+//! `/Webhooks/GitHub/`, `/webhooks/github;x=1` and `/webhooks/./github` cannot slip past the github
+//! route as an unprotected pass-through; a route matches whole segments ([`matcher`]). The request
+//! itself is forwarded as it arrived.
+
+mod matcher;
+mod path;
+
+pub use matcher::Matcher;
+pub use path::{NormalPath, PathError, normalize_path};
 
 use crate::config::{
-    Concurrent, Dur, FingerprintSpec, Policy, RouteConfig, RouteOptions, ScopeSpec, StatusPattern,
+    Concurrent, Dur, FingerprintSpec, Policy, RouteConfig, RouteOptions, ScopeSpec, StatusPattern, Unmatched,
 };
 use crate::fingerprint::Fingerprinter;
 use crate::key::KeyExtractor;
@@ -20,8 +27,7 @@ pub struct Route {
     pub name: Arc<str>,
     /// Position in the route table, for per-route state kept outside the route (metrics).
     pub index: usize,
-    matcher: PathMatch,
-    methods: Vec<Method>,
+    matcher: Matcher,
     pub key: KeyExtractor,
     pub scope: Option<KeyExtractor>,
     /// No `scope` field and none from a preset: keys are scoped by the request's credentials
@@ -37,12 +43,6 @@ pub struct Route {
     pub policy: Policy,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PathMatch {
-    Exact(String),
-    Prefix(String),
-}
-
 impl Route {
     /// Builds a route from its config; the error says which field is wrong and why.
     pub fn compile(cfg: &RouteConfig, defaults: &RouteOptions, upstream_timeout: Dur) -> Result<Route, String> {
@@ -50,20 +50,7 @@ impl Route {
         // Precedence: the route's own field, then the preset, then `defaults:`, then built-ins.
         let ttl = cfg.ttl.or(preset.as_ref().map(|p| p.ttl));
         let policy = Policy::resolve(defaults, &RouteConfig { ttl, ..cfg.clone() });
-        let matcher = match (&cfg.matcher.path, &cfg.matcher.path_prefix) {
-            (Some(p), None) => PathMatch::Exact(config_path(p, "match.path")?),
-            (None, Some(p)) => PathMatch::Prefix(config_path(p, "match.path_prefix")?),
-            _ => return Err("match: give exactly one of path or path_prefix".into()),
-        };
-        let methods = cfg
-            .matcher
-            .methods
-            .iter()
-            .map(|m| {
-                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| format!("match.methods: {m:?} is not an HTTP method"))
-            })
-            .collect::<Result<_, _>>()?;
+        let matcher = Matcher::compile(&cfg.matcher)?;
         let key_spec = cfg
             .key
             .as_ref()
@@ -90,7 +77,6 @@ impl Route {
             name: cfg.name.as_str().into(),
             index: 0,
             matcher,
-            methods,
             key,
             scope,
             credentials_scoped,
@@ -101,14 +87,6 @@ impl Route {
             forward_key_header,
             policy,
         })
-    }
-
-    fn matches(&self, method: &Method, path: &str) -> bool {
-        let path_ok = match &self.matcher {
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-        };
-        path_ok && (self.methods.is_empty() || self.methods.contains(method))
     }
 
     /// What `check` should warn about: a ttl shorter than the provider's retry window lets a late
@@ -127,20 +105,12 @@ impl Route {
 
     /// What `check` prints for this route.
     pub fn describe(&self) -> String {
-        let (kind, path) = match &self.matcher {
-            PathMatch::Exact(p) => ("path", p),
-            PathMatch::Prefix(p) => ("path_prefix", p),
-        };
-        let methods = if self.methods.is_empty() {
-            "any method".to_string()
-        } else {
-            self.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
-        };
         let p = &self.policy;
         format!(
-            "{name}: {kind} {path} ({methods}); key {key}{scope}; ttl {ttl}, lease {lease}, concurrent {conc}, \
+            "{name}: {matcher}; key {key}{scope}; ttl {ttl}, lease {lease}, concurrent {conc}, \
              store_status {status:?}, max_body {mb}, max_response_body {mrb}, missing_key {mk}, fingerprint {fp}",
             name = self.name,
+            matcher = self.matcher.describe(),
             key = self.key.describe(),
             scope = match (&self.scope, self.credentials_scoped) {
                 (Some(s), _) => format!(", scope {}", s.describe()),
@@ -180,18 +150,6 @@ fn check_policy(p: &Policy, upstream_timeout: Dur) -> Result<(), String> {
     Ok(())
 }
 
-/// A configured match path must already be in normal form, so that it can ever match.
-fn config_path(p: &str, field: &str) -> Result<String, String> {
-    if !p.starts_with('/') {
-        return Err(format!("{field}: {p:?} must start with '/'"));
-    }
-    match normalize_path(p) {
-        Ok(n) if n == p => Ok(n),
-        Ok(n) => Err(format!("{field}: {p:?} is not in normal form; write {n:?}")),
-        Err(e) => Err(format!("{field}: {p:?}: {e}")),
-    }
-}
-
 /// Which upstream statuses complete a key: exact codes (`200`) and classes (`2xx`).
 #[derive(Debug, Clone)]
 pub struct StatusSet {
@@ -227,6 +185,8 @@ impl StatusSet {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    /// What becomes of a request no route matches; here so that it reloads with the routes.
+    unmatched: Unmatched,
 }
 
 /// The outcome of stage `route`.
@@ -235,21 +195,9 @@ pub enum RouteMatch {
     Unmatched,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    #[error("the path contains an encoded '/' or '\\'")]
-    EncodedSlash,
-    #[error("the path contains invalid percent-encoding")]
-    BadPercent,
-    #[error("the path climbs above the root")]
-    AboveRoot,
-    #[error("the path contains a '\\', which some apps read as '/'")]
-    Backslash,
-}
-
 impl Router {
-    pub fn new(routes: Vec<Arc<Route>>) -> Router {
-        Router { routes }
+    pub fn new(routes: Vec<Arc<Route>>, unmatched: Unmatched) -> Router {
+        Router { routes, unmatched }
     }
 
     pub fn from_config(cfg: &crate::config::Config) -> Result<Router, String> {
@@ -261,7 +209,12 @@ impl Router {
                 Route::compile(r, &cfg.defaults, cfg.upstream.timeout).map(|r| Arc::new(Route { index, ..r }))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Router::new(routes))
+        Ok(Router::new(routes, cfg.unmatched))
+    }
+
+    /// With `unmatched: reject`, a request no route matches gets 404 instead of reaching the app.
+    pub fn rejects_unmatched(&self) -> bool {
+        self.unmatched == Unmatched::Reject
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -277,114 +230,34 @@ impl Router {
         if self.routes.is_empty() {
             return Ok(RouteMatch::Unmatched);
         }
-        let path = normalize_path(raw_path)?;
+        let path = NormalPath::parse(raw_path)?;
+        let folded = path.folded();
         Ok(self
             .routes
             .iter()
-            .find(|r| r.matches(method, &path))
+            .find(|r| r.matcher.matches(method, &path, &folded))
             .map_or(RouteMatch::Unmatched, |r| RouteMatch::Matched(r.clone())))
     }
-}
 
-/// Decodes percent-encoded unreserved characters, collapses repeated slashes and resolves dot
-/// segments. Encoded slashes and invalid escapes are refused: their meaning differs between
-/// servers, so no route decision could be trusted.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
-    if raw.contains('\\') {
-        return Err(PathError::Backslash);
+    /// What `check` should warn about: each route's own warnings, and routes that an earlier route
+    /// shadows (every request they could match is matched before them).
+    pub fn warnings(&self) -> Vec<String> {
+        let shadowed = self.routes.iter().enumerate().filter_map(|(i, later)| {
+            let earlier = self.routes[..i].iter().find(|e| e.matcher.covers(&later.matcher))?;
+            Some(format!(
+                "route {}: never matches; the earlier route {} ({}) matches every request it could",
+                later.name,
+                earlier.name,
+                earlier.matcher.describe()
+            ))
+        });
+        self.routes.iter().flat_map(|r| r.warnings()).chain(shadowed).collect()
     }
-    let decoded = decode_unreserved(raw)?;
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop().ok_or(PathError::AboveRoot)?;
-            }
-            s => segments.push(s),
-        }
-    }
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    let mut out = String::with_capacity(decoded.len());
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if out.is_empty() || (trailing && !segments.is_empty()) {
-        out.push('/');
-    }
-    Ok(out)
-}
-
-fn decode_unreserved(raw: &str) -> Result<String, PathError> {
-    if !raw.contains('%') {
-        return Ok(raw.to_string());
-    }
-    // Bytes, not chars: a non-ASCII character is several bytes and must pass through whole.
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'%' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadPercent)?;
-        let value = std::str::from_utf8(hex)
-            .ok()
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .filter(|_| hex.iter().all(u8::is_ascii_hexdigit))
-            .ok_or(PathError::BadPercent)?;
-        match value {
-            b'/' | b'\\' => return Err(PathError::EncodedSlash),
-            v if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(v),
-            // Anything else stays encoded, in one canonical (upper-case) spelling.
-            v => out.extend_from_slice(format!("%{v:02X}").as_bytes()),
-        }
-        i += 3;
-    }
-    // Only ASCII was decoded and every other byte copied whole, so this is the input's UTF-8.
-    String::from_utf8(out).map_err(|_| PathError::BadPercent)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalization_table() {
-        let cases = [
-            ("/webhooks/github", Ok("/webhooks/github")),
-            ("//webhooks/github", Ok("/webhooks/github")),
-            ("/webhooks//github", Ok("/webhooks/github")),
-            ("/webhooks/%67ithub", Ok("/webhooks/github")),
-            ("/webhooks/%67%69thub", Ok("/webhooks/github")),
-            ("/webhooks/./github", Ok("/webhooks/github")),
-            ("/x/../webhooks/github", Ok("/webhooks/github")),
-            ("/webhooks/%2e/github", Ok("/webhooks/github")),
-            ("/webhooks/%2E%2E/webhooks/github", Ok("/webhooks/github")),
-            ("/api/", Ok("/api/")),
-            ("/api/.", Ok("/api/")),
-            ("/", Ok("/")),
-            ("/a%20b", Ok("/a%20b")),
-            ("/a%c3%a9", Ok("/a%C3%A9")),
-            ("/webhooks%2fgithub", Err(PathError::EncodedSlash)),
-            ("/webhooks%2Fgithub", Err(PathError::EncodedSlash)),
-            ("/webhooks%5cgithub", Err(PathError::EncodedSlash)),
-            ("/webhooks/%6", Err(PathError::BadPercent)),
-            ("/webhooks/%zz", Err(PathError::BadPercent)),
-            ("/webhooks/%+1", Err(PathError::BadPercent)),
-            ("/..", Err(PathError::AboveRoot)),
-            ("/a/../..", Err(PathError::AboveRoot)),
-            ("/hooks\\x", Err(PathError::Backslash)),
-            ("/é%20", Ok("/é%20")),
-            ("/webhooks/%41/../é", Ok("/webhooks/é")),
-        ];
-        for (input, want) in cases {
-            assert_eq!(normalize_path(input).as_deref().map_err(Clone::clone), want, "{input}");
-        }
-    }
 
     #[test]
     fn status_sets() {
