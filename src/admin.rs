@@ -85,11 +85,14 @@ impl Admin {
             .decode_utf8()
             .map_err(|_| Problem::BadRequest("the key is not valid UTF-8".into()))?
             .into_owned();
-        let scope_value = query.and_then(|q| {
-            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "scope").map(|(_, v)| v.into_owned())
-        });
-        let scope = match (&route.scope, scope_value) {
-            (None, _) => String::new(),
+        let param = |name: &str| {
+            query.and_then(|q| {
+                form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+            })
+        };
+        let scope = match (&route.scope, param("scope")) {
+            (None, _) if route.credentials_scoped => credentials_scope(param("authorization"), param("cookie"))?,
+            (None, _) => crate::scope::SHARED.to_string(),
             (Some(_), Some(v)) => hex(&Sha256::digest(v.as_bytes())),
             (Some(_), None) => {
                 return Err(Problem::BadRequest(format!("route {route_name:?} is scoped: add ?scope=VALUE")));
@@ -123,6 +126,20 @@ impl Admin {
             .unwrap_or("");
         if constant_time_eq(given.as_bytes(), expected.as_bytes()) { Ok(()) } else { Err(Problem::Unauthorized) }
     }
+}
+
+/// The scope of a key on a credential-scoped route, from the credentials its requests carried
+/// (`?authorization=...&cookie=...`; neither: an anonymous client's key).
+fn credentials_scope(authorization: Option<String>, cookie: Option<String>) -> Result<String, Problem> {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [(header::AUTHORIZATION, authorization), (header::COOKIE, cookie)] {
+        if let Some(value) = value {
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| Problem::BadRequest(format!("?{name}= is not a valid header value")))?;
+            headers.insert(name, value);
+        }
+    }
+    Ok(crate::scope::of_credentials(&headers))
 }
 
 /// Compares digests, so the time taken says nothing about how much of the token was right.

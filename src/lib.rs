@@ -40,6 +40,7 @@ pub mod preset;
 pub mod reload;
 pub mod replay;
 pub mod route;
+pub mod scope;
 pub mod server;
 pub mod store;
 pub mod telemetry;

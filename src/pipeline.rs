@@ -18,6 +18,7 @@ use crate::key::{KeyError, RequestView};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::replay::{self, Captured};
 use crate::route::{Route, RouteMatch, Router};
+use crate::scope::{self, LegacyScope};
 use crate::store::{Claim, Completed, RecordId, Records, now_ms};
 use crate::upstream::Upstream;
 use crate::verify::SignedRequest;
@@ -50,6 +51,8 @@ pub struct Pipeline {
     body_read_timeout: std::time::Duration,
     /// `server.max_buffered_bytes`, shared by every request.
     budget: Budget,
+    /// Records older idemgates stored for credentialed requests in the shared scope.
+    legacy: LegacyScope,
     /// Exchanges run on tasks of their own (they outlive a client that goes away); the drain
     /// waits for them, so a graceful stop never leaves an answered key uncommitted.
     exchanges: TaskTracker,
@@ -153,6 +156,7 @@ impl Pipeline {
         key_logging: KeyLogging,
         body_read_timeout: std::time::Duration,
         max_buffered_bytes: u64,
+        legacy: LegacyScope,
     ) -> Pipeline {
         let budget = Budget::new(
             usize::try_from(max_buffered_bytes).unwrap_or(usize::MAX),
@@ -169,6 +173,7 @@ impl Pipeline {
             key_logging,
             body_read_timeout,
             budget,
+            legacy,
             exchanges: TaskTracker::new(),
         }
     }
@@ -296,6 +301,19 @@ impl Pipeline {
                         return Err(Problem::in_flight(expires_ms, now_ms()));
                     }
                 }
+                Decision::Forward { token, .. } if let Some(legacy) = self.legacy(&route, &id, fingerprint).await? => {
+                    // Completed by an older idemgate for this client: the claim is not needed.
+                    if let Err(e) = self.records.release(&id, token).await {
+                        tracing::warn!(route = %route.name, key = %id.key, error = %e, "release failed; the key is blocked until its lease ends");
+                    }
+                    match legacy {
+                        Decision::Replay(done) => {
+                            report.outcome = Outcome::replayed;
+                            return Ok(replay::replay(&done.response));
+                        }
+                        _ => return Err(Problem::Mismatch),
+                    }
+                }
                 Decision::Forward { token, took_over } => {
                     drop(waiting);
                     report.outcome = Outcome::forwarded;
@@ -313,6 +331,22 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// A credentialed request's key first seen in its own scope may have been completed by an
+    /// idemgate from before credential scopes, in the shared scope ([`crate::scope`]).
+    async fn legacy(
+        &self,
+        route: &Route,
+        id: &RecordId,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Option<Decision>, Problem> {
+        let now = now_ms();
+        if !scope::is_credential_scope(&id.scope) || !self.legacy.may_hold(now, route.policy.ttl.0.as_millis() as i64) {
+            return Ok(None);
+        }
+        let Some(done) = self.legacy.find(&self.records, id, now).await? else { return Ok(None) };
+        Ok(Some(decide(crate::store::ClaimOutcome::Completed(done), fingerprint)))
     }
 
     /// Waits (up to `grace`) for exchanges still running after their connections closed.
@@ -569,7 +603,8 @@ fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordI
         None => return Err(KeyError::Missing(route.key.describe()).into()),
     };
     let scope = match &route.scope {
-        None => String::new(),
+        None if route.credentials_scoped => scope::of_credentials(&parts.headers),
+        None => scope::SHARED.to_string(),
         Some(scope) => {
             let value =
                 scope.extract_scope(&view, SCOPE_MAX)?.ok_or_else(|| Problem::MissingScope(scope.describe()))?;

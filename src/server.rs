@@ -91,6 +91,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         CompletedCache::new(config.store.cache.max_bytes.0, metrics.cache_evictions.clone()),
         metrics.clone(),
     );
+    let legacy = crate::scope::LegacyScope::load(&records, crate::store::now_ms()).await?;
     let pipeline = Arc::new(Pipeline::new(
         router,
         records,
@@ -99,6 +100,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.log.keys,
         config.server.body_read_timeout.0,
         config.server.max_buffered_bytes.0,
+        legacy,
     ));
     let admin = Arc::new(Admin::new(pipeline.clone(), metrics.clone(), config.admin.token.clone()));
 
