@@ -72,7 +72,12 @@ impl LegacyScope {
                 ClaimOutcome::Claimed { token, .. } => {
                     let done = Completed {
                         fingerprint: None,
-                        response: StoredResponse { status: 204, headers: vec![], body: Default::default(), body_omitted: false },
+                        response: StoredResponse {
+                            status: 204,
+                            headers: vec![],
+                            body: Default::default(),
+                            body_omitted: false,
+                        },
                         created_ms: now_ms,
                         // A century: never swept.
                         expires_ms: now_ms.saturating_add(100 * 365 * 24 * 3600 * 1000),
@@ -94,7 +99,12 @@ impl LegacyScope {
     }
 
     /// The completed record an older idemgate stored for `id` in the shared scope, if any.
-    pub async fn find(&self, records: &Records, id: &RecordId, now_ms: i64) -> Result<Option<Arc<Completed>>, StoreError> {
+    pub async fn find(
+        &self,
+        records: &Records,
+        id: &RecordId,
+        now_ms: i64,
+    ) -> Result<Option<Arc<Completed>>, StoreError> {
         let legacy = RecordId { scope: SHARED.to_string(), ..id.clone() };
         let found = records.peek_completed(&legacy, now_ms).await?;
         Ok(found.filter(|done| done.created_ms < self.since_ms && done.expires_ms > now_ms))

@@ -117,3 +117,37 @@ async fn a_version_1_database_is_migrated_with_its_records() {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, 2);
 }
+
+/// A duplicate's claim that finds a completed record answers only once the WAL sync covering
+/// that completion has finished: a replay that reached a client must survive a power loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_never_answers_with_a_completion_that_is_not_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("r.db")).unwrap();
+    let mut replays = 0;
+    for i in 0..200u64 {
+        let key = format!("k{i}");
+        assert!(matches!(store.claim(claim(&key, i)).await.unwrap(), ClaimOutcome::Claimed { .. }));
+        let completing = {
+            let store = store.clone();
+            let key = key.clone();
+            tokio::spawn(async move { store.complete(id(&key), i, response()).await })
+        };
+        // The duplicate races the completion's sync.
+        loop {
+            match store.claim(claim(&key, 1_000_000 + i)).await.unwrap() {
+                ClaimOutcome::Completed(_) => {
+                    // This completion's transaction is the (i+1)-th with a completion.
+                    let (committed, synced) = store.sync_progress();
+                    assert!(synced > i, "replayed from completion {} before its sync ({synced}/{committed})", i + 1);
+                    replays += 1;
+                    break;
+                }
+                ClaimOutcome::InFlight { .. } if !completing.is_finished() => tokio::task::yield_now().await,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(completing.await.unwrap().unwrap());
+    }
+    assert_eq!(replays, 200);
+}

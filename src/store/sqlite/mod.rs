@@ -22,6 +22,7 @@ use super::{Store, StoreError, StoreFuture};
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,23 +63,46 @@ struct Job {
 }
 
 impl Job {
-    /// A completion's answer waits for the WAL to be synced; everything else is answered now.
-    fn answer(self, result: Result<Outcome, StoreError>, syncer: &std::sync::mpsc::Sender<Synced>) {
-        match (&self.op, result) {
-            (Op::Complete(..), Ok(outcome)) => {
-                if let Err(std::sync::mpsc::SendError((reply, _))) = syncer.send((self.reply, outcome)) {
+    /// A completion's answer waits for the WAL to be synced, and so does a claim that found a
+    /// completed record while some completion is not synced yet: a replay must never go out of a
+    /// record that a power loss could still take back. Everything else is answered now.
+    fn answer(self, result: Result<Outcome, StoreError>, syncer: &std::sync::mpsc::Sender<Synced>, sync: &SyncState) {
+        let wait = match (&self.op, &result) {
+            (Op::Complete(..), Ok(_)) => true,
+            (Op::Claim(_), Ok(Outcome::Claim(ClaimOutcome::Completed(_)))) => sync.pending(),
+            _ => false,
+        };
+        match result {
+            Ok(outcome) if wait => {
+                let seq = sync.committed.load(Ordering::Acquire);
+                if let Err(std::sync::mpsc::SendError((reply, ..))) = syncer.send((self.reply, outcome, seq)) {
                     let _ = reply.send(Err(StoreError::Closed));
                 }
             }
-            (_, result) => {
+            result => {
                 let _ = self.reply.send(result);
             }
         }
     }
 }
 
-/// A committed completion waiting for the WAL sync.
-type Synced = (oneshot::Sender<Result<Outcome, StoreError>>, Outcome);
+/// A committed answer waiting for the WAL sync that covers commit number `.2`.
+type Synced = (oneshot::Sender<Result<Outcome, StoreError>>, Outcome, u64);
+
+/// How far the WAL is synced: transactions that committed a completion are numbered, and the
+/// syncer records the highest number its last sync covered.
+#[derive(Default)]
+pub(crate) struct SyncState {
+    committed: AtomicU64,
+    synced: AtomicU64,
+}
+
+impl SyncState {
+    /// Whether a committed completion may not be on disk yet.
+    fn pending(&self) -> bool {
+        self.synced.load(Ordering::Acquire) < self.committed.load(Ordering::Acquire)
+    }
+}
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -88,6 +112,7 @@ pub struct SqliteStore {
     /// A read-only connection for [`Store::lookup`]: WAL readers wait neither for the writer
     /// thread's queue nor for another process's write lock.
     reader: Arc<std::sync::Mutex<Connection>>,
+    sync: Arc<SyncState>,
 }
 
 impl SqliteStore {
@@ -103,16 +128,24 @@ impl SqliteStore {
             .and_then(|reader| reader.busy_timeout(READ_BUSY_TIMEOUT).map(|()| reader))
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let sync = Arc::new(SyncState::default());
+        let writer_sync = sync.clone();
         let writer = std::thread::Builder::new()
             .name("idemgate-sqlite".into())
-            .spawn(move || writer::run_writer(conn, wal, checkpoints, rx))
+            .spawn(move || writer::run_writer(conn, wal, checkpoints, rx, writer_sync))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             jobs,
             writer: Arc::new(std::sync::Mutex::new(Some(writer))),
             path: Arc::new(path.to_path_buf()),
             reader: Arc::new(std::sync::Mutex::new(reader)),
+            sync,
         })
+    }
+
+    /// Transactions with a completion committed, and how many of them the WAL sync covers.
+    pub fn sync_progress(&self) -> (u64, u64) {
+        (self.sync.committed.load(Ordering::Acquire), self.sync.synced.load(Ordering::Acquire))
     }
 
     fn submit(&self, op: Op) -> StoreFuture<Outcome> {
@@ -197,12 +230,21 @@ impl Store for SqliteStore {
     }
     fn lookup(&self, id: RecordId) -> StoreFuture<Option<Arc<Completed>>> {
         let reader = self.reader.clone();
+        // The reader sees what is committed, synced or not: while a completion awaits its sync,
+        // the answer must come from the writer, which holds replays back until the sync.
+        let sync = self.sync.clone();
+        let committed = sync.committed.load(Ordering::Acquire);
+        if sync.synced.load(Ordering::Acquire) < committed {
+            return Box::pin(async { Ok(None) });
+        }
         Box::pin(async move {
             let found = tokio::task::spawn_blocking(move || {
                 let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
                 sql::completed(&conn, &id)
             });
             match found.await {
+                // A completion committed while this read ran may be what it found, unsynced.
+                Ok(Ok(_)) if sync.committed.load(Ordering::Acquire) != committed => Ok(None),
                 Ok(Ok(found)) => Ok(found),
                 Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
                 Err(e) => Err(StoreError::Unavailable(e.to_string())),

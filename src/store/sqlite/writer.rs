@@ -2,9 +2,11 @@
 //! completions are answered) and the checkpointer (WAL pages into the database file).
 
 use super::sql::apply;
-use super::{Job, Op, Outcome, Synced};
+use super::{Job, Op, Outcome, SyncState, Synced};
 use crate::store::StoreError;
 use rusqlite::Connection;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -17,9 +19,13 @@ pub(super) fn run_writer(
     wal: std::fs::File,
     checkpoints: Connection,
     mut rx: mpsc::Receiver<Job>,
+    sync: Arc<SyncState>,
 ) {
     let (synced, pending) = std::sync::mpsc::channel();
-    let syncer = std::thread::Builder::new().name("idemgate-sync".into()).spawn(move || run_syncer(&wal, pending));
+    let syncer_state = sync.clone();
+    let syncer = std::thread::Builder::new()
+        .name("idemgate-sync".into())
+        .spawn(move || run_syncer(&wal, pending, &syncer_state));
     let (wrote, written) = std::sync::mpsc::sync_channel(1);
     let checkpointer =
         std::thread::Builder::new().name("idemgate-ckpt".into()).spawn(move || run_checkpointer(&checkpoints, written));
@@ -37,7 +43,7 @@ pub(super) fn run_writer(
             }
         }
         let closing = batch.iter().any(|job| matches!(job.op, Op::Close));
-        run_batch(&mut conn, &mut batch, &synced);
+        run_batch(&mut conn, &mut batch, &synced, &sync);
         // A full channel means a checkpoint is already due: the signals coalesce.
         let _ = wrote.try_send(());
         if closing {
@@ -70,12 +76,17 @@ fn run_checkpointer(conn: &Connection, written: std::sync::mpsc::Receiver<()>) {
 
 /// Syncs the WAL for every completion committed before the sync started, then answers them.
 /// If the thread could not be started, completions are answered with an error: never unsynced.
-fn run_syncer(wal: &std::fs::File, pending: std::sync::mpsc::Receiver<Synced>) {
+fn run_syncer(wal: &std::fs::File, pending: std::sync::mpsc::Receiver<Synced>, sync: &SyncState) {
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
         group.extend(pending.try_iter());
+        // Every commit numbered up to the highest here was made before this sync starts.
+        let covers = group.iter().map(|(_, _, seq)| *seq).max().unwrap_or(0);
         let result = wal.sync_data().map_err(|e| StoreError::Unavailable(format!("syncing the WAL: {e}")));
-        for (reply, outcome) in group {
+        if result.is_ok() {
+            sync.synced.fetch_max(covers, Ordering::AcqRel);
+        }
+        for (reply, outcome, _) in group {
             let _ = reply.send(result.clone().map(|()| outcome));
         }
     }
@@ -85,25 +96,36 @@ fn run_syncer(wal: &std::fs::File, pending: std::sync::mpsc::Receiver<Synced>) {
 /// rolled back and each job runs in a transaction of its own, so that one bad job cannot fail its
 /// neighbours. A store-wide failure (locked too long, disk full, I/O) fails the whole batch at
 /// once: retrying each job would only hold every caller for another lock timeout.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, synced: &std::sync::mpsc::Sender<Synced>) {
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, synced: &std::sync::mpsc::Sender<Synced>, sync: &SyncState) {
     match apply_all(conn, batch) {
         Ok(outcomes) => {
+            committed(batch, sync);
             for (job, outcome) in batch.drain(..).zip(outcomes) {
-                job.answer(Ok(outcome), synced);
+                job.answer(Ok(outcome), synced, sync);
             }
         }
         Err(e) if batch.len() > 1 && !store_wide(&e) => {
             for job in batch.drain(..) {
                 let result = apply_all(conn, std::slice::from_ref(&job)).map(|mut v| v.remove(0));
-                job.answer(result.map_err(unavailable), synced);
+                if result.is_ok() {
+                    committed(std::slice::from_ref(&job), sync);
+                }
+                job.answer(result.map_err(unavailable), synced, sync);
             }
         }
         Err(e) => {
             let e = unavailable(e);
             for job in batch.drain(..) {
-                job.answer(Err(e.clone()), synced);
+                job.answer(Err(e.clone()), synced, sync);
             }
         }
+    }
+}
+
+/// Numbers a committed transaction that holds a completion (see [`SyncState`]).
+fn committed(jobs: &[Job], sync: &SyncState) {
+    if jobs.iter().any(|job| matches!(job.op, Op::Complete(..))) {
+        sync.committed.fetch_add(1, Ordering::AcqRel);
     }
 }
 
