@@ -155,7 +155,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let connect = async {
             let manager =
-                ConnectionManager::new_with_config(client, config).await.map_err(|e| format!("redis connect: {e}"))?;
+                ConnectionManager::new_with_config(client, config).await.map_err(|e| connect_error(cfg, &e))?;
             let conn = Conn { manager, timeout };
             conn.send(&Request::Cmd(cmd("PING"))).await.map_err(|e| format!("redis ping: {e}"))?;
             Ok::<_, String>(conn)
@@ -260,6 +260,14 @@ impl Conn {
             Ok(Err(e)) => Err(unavailable(what, &e)),
             Err(_) => Err(StoreError::Unavailable(format!("redis {what}: no answer within {:?}", self.timeout))),
         }
+    }
+}
+
+/// A failed first connection; over TLS, it says what the certificate was checked against.
+fn connect_error(cfg: &RedisConfig, e: &RedisError) -> String {
+    match cfg.uses_tls() {
+        true => format!("redis connect ({}): {e}", tls::describe(cfg)),
+        false => format!("redis connect: {e}"),
     }
 }
 
