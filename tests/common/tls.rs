@@ -218,7 +218,7 @@ fn postgres_bin() -> PathBuf {
     versions.sort_by_key(|p| p.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()));
     versions.pop().expect(
         "the TLS tests need PostgreSQL's server binaries (initdb, postgres) under /usr/lib/postgresql/*/bin: \
-         apt-get install postgresql (.ci/run does)",
+         apt-get install postgresql",
     )
 }
 
@@ -291,7 +291,7 @@ impl TlsRedis {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .expect("the TLS tests need redis-server (apt-get install redis-server; .ci/run does)");
+            .expect("the TLS tests need redis-server (apt-get install redis-server)");
         wait_ready(&mut child, &log, "Ready to accept connections", "redis-server (with TLS)");
         TlsRedis { port, child, dir }
     }
