@@ -255,3 +255,45 @@ impl ServerCertVerifier for Unverified {
         self.0.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn unusable_files_are_named_by_their_setting_and_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = file(dir.path(), "empty.pem", "not PEM at all\n");
+        // Not valid base64, so the parse fails on the key's own bytes.
+        let secret = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0!!*\n-----END PRIVATE KEY-----\n";
+        let bad_key = file(dir.path(), "bad.key", secret);
+        let cases: [(Result<(), TlsError>, &str); 4] = [
+            (read_certificates("sslrootcert", &dir.path().join("missing.pem")).map(drop), "sslrootcert"),
+            (read_certificates("store.redis.tls.ca_file", &empty).map(drop), "no PEM certificate"),
+            (read_key("sslkey", &bad_key).map(drop), "sslkey"),
+            (read_key("store.redis.tls.key_file", &empty).map(drop), "no PEM private key"),
+        ];
+        for (result, want) in cases {
+            let message = result.unwrap_err().to_string();
+            assert!(message.contains(want), "{want:?} not in {message:?}");
+            assert!(!message.contains("c2VjcmV0"), "a key's contents leaked: {message}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_before_any_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::File { field: "sslrootcert", path: file(dir.path(), "ca.pem", "") };
+        for verify in [Verify::Full, Verify::ChainOnly] {
+            assert!(matches!(client_config(verify, &roots, None), Err(TlsError::NoCertificate { .. })));
+        }
+        // `prefer` verifies nothing, so it reads no roots at all.
+        assert!(client_config(Verify::Nothing, &roots, None).is_ok());
+    }
+}
