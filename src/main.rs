@@ -76,8 +76,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     );
     let store = match cfg.store.backend() {
         config::Backend::Sqlite(sqlite) => format!("sqlite {}", sqlite.path.display()),
-        config::Backend::Postgres(_) => "postgres (url not shown)".to_string(),
-        config::Backend::Redis(_) => "redis (url not shown)".to_string(),
+        config::Backend::Postgres(pg) => match idemgate::store::PostgresTls::of_url(&pg.url) {
+            Ok(tls) => format!("postgres (url not shown; {})", tls.describe()),
+            Err(e) => return invalid(&config::ConfigError(format!("store.postgres.url: {e}"))),
+        },
+        config::Backend::Redis(redis) => {
+            format!("redis (url not shown; {})", idemgate::store::RedisStore::describe_tls(redis))
+        }
     };
     println!("store {store}, cache {}", cfg.store.cache.max_bytes);
     match idemgate::route::Router::from_config(&cfg) {

@@ -61,8 +61,12 @@ async fn redis() -> Option<Backend> {
         skipped("IDEMGATE_TEST_REDIS_URL not set");
         return None;
     };
-    let cfg =
-        RedisConfig { url, key_prefix: format!("idemgate-test:{}:", run_id()), timeout: Dur(Duration::from_secs(5)) };
+    let cfg = RedisConfig {
+        url,
+        key_prefix: format!("idemgate-test:{}:", run_id()),
+        timeout: Dur(Duration::from_secs(5)),
+        tls: None,
+    };
     let store = RedisStore::open(&cfg).await.expect("IDEMGATE_TEST_REDIS_URL is set but the server cannot be used");
     Some(Backend { name: "redis", store: Arc::new(store), run: run_id(), _dir: None })
 }

@@ -203,6 +203,55 @@ pub struct RedisConfig {
     /// Each store operation must finish within this, or the request gets 503.
     #[serde(default = "default_store_timeout")]
     pub timeout: Dur,
+    /// With a `rediss://` url: what to trust and what to present. Without it, a `rediss://` url
+    /// trusts the system's roots and presents no client certificate.
+    #[serde(default)]
+    pub tls: Option<RedisTlsConfig>,
+}
+
+/// `store.redis.tls`. The server is always verified, chain and host name: there is no switch to
+/// turn that off (redis-rs' `#insecure` is refused).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// PEM CA certificates the server's certificate must chain to; the system's roots if absent.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain), for servers that authenticate clients
+    /// (`tls-auth-clients yes`); needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisConfig {
+    /// Whether the url asks for TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.url.starts_with("redis://") && !self.uses_tls() {
+            return Err(invalid("store.redis.url", "must start with redis:// or rediss://"));
+        }
+        if self.uses_tls() && self.url.ends_with("#insecure") {
+            return Err(invalid(
+                "store.redis.url",
+                "#insecure (not verifying the server) is not supported: trust a private CA with store.redis.tls.ca_file",
+            ));
+        }
+        let Some(tls) = &self.tls else { return Ok(()) };
+        if !self.uses_tls() {
+            return Err(invalid(
+                "store.redis.tls",
+                "needs a rediss:// url: with redis:// the connection is plain text",
+            ));
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => Err(invalid("store.redis.tls.key_file", "is required with cert_file")),
+            (None, Some(_)) => Err(invalid("store.redis.tls.cert_file", "is required with key_file")),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn default_pool_size() -> usize {
@@ -539,10 +588,12 @@ impl Config {
             Backend::Postgres(pg) if pg.pool_size == 0 => {
                 Err(invalid("store.postgres.pool_size", "must be at least 1"))
             }
-            Backend::Redis(redis) if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") => {
-                Err(invalid("store.redis.url", "must start with redis:// or rediss://"))
+            Backend::Postgres(pg) => {
+                crate::store::PostgresTls::of_url(&pg.url).map_err(|e| invalid("store.postgres.url", e))?;
+                Ok(())
             }
-            _ => Ok(()),
+            Backend::Redis(redis) => redis.validate(),
+            Backend::Sqlite(_) => Ok(()),
         }
     }
 

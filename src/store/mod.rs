@@ -10,9 +10,10 @@ mod record;
 mod redis;
 mod sqlite;
 mod sweep;
+pub mod tls;
 
 pub use cache::CompletedCache;
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, PostgresTls, SslMode, UrlError};
 pub use record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
 pub use redis::RedisStore;
 pub use sqlite::SqliteStore;

@@ -77,7 +77,10 @@ impl Place {
             }
             Kind::Redis(url) => {
                 let key_prefix = format!("idemgate-{}-{case}:", self.unique);
-                Arc::new(RedisStore::open(&RedisConfig { url: url.clone(), key_prefix, timeout: Dur(TIMEOUT) }).await?)
+                Arc::new(
+                    RedisStore::open(&RedisConfig { url: url.clone(), key_prefix, timeout: Dur(TIMEOUT), tls: None })
+                        .await?,
+                )
             }
         })
     }

@@ -42,9 +42,12 @@
 //! (`idemgate` unless the url names another), which pgbouncer accepts. So idemgate works through pgbouncer in transaction (or statement,
 //! except for the migration) mode without `max_prepared_statements`.
 //!
-//! **TLS.** This build connects without TLS (`NoTls`): use `sslmode=disable` or `prefer` (the
-//! default, which then connects in plain text); `sslmode=require` fails to connect. Run it on a
-//! trusted network, or through a local TLS-terminating pooler.
+//! **TLS.** libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` in the url ([`url`]), on
+//! rustls ([`tls`]): `verify-full` and `require` verify the server's chain and host name,
+//! `verify-ca` its chain only, `prefer` (the default) encrypts when the server offers TLS and
+//! verifies nothing, `disable` never asks. The CA and client files are read at [`PostgresStore::open`],
+//! so a missing one fails the start; a refused certificate fails every connection, the first
+//! (at start) included, with the reason and what it was checked against.
 //!
 //! **Clocks.** Times are the callers' wall clocks (`now_ms`): replicas' clocks should agree to well
 //! within a lease, as with any lease-based scheme.
@@ -52,6 +55,10 @@
 mod sql;
 #[cfg(test)]
 mod tests;
+mod tls;
+mod url;
+
+pub use url::{PostgresTls, SslMode, UrlError};
 
 use super::{Claim, ClaimOutcome, Completed, Record, RecordId, Store, StoreError, StoreFuture};
 use crate::config::PostgresConfig;
@@ -60,7 +67,7 @@ use sql::Failure;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// tokio-postgres' default keepalive idle time; replaced by [`KEEPALIVES_IDLE`] unless the url
 /// chose another.
@@ -81,9 +88,14 @@ impl PostgresStore {
     /// by an advisory lock), all within `cfg.timeout`.
     pub async fn open(cfg: &PostgresConfig) -> Result<PostgresStore, StoreError> {
         let timeout = cfg.timeout.0;
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| {
+        let (url, settings) =
+            url::split(&cfg.url).map_err(|e| StoreError::Unavailable(format!("store.postgres.url: {e}")))?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("store.postgres.url is not a valid connection string: {e}"))
         })?;
+        pg.ssl_mode(settings.mode.wire());
+        let tls = tls::MakeRustls::new(&settings)
+            .map_err(|e| StoreError::Unavailable(format!("PostgreSQL TLS ({}): {e}", settings.describe())))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(timeout);
         }
@@ -93,7 +105,7 @@ impl PostgresStore {
         if pg.get_application_name().is_none() {
             pg.application_name("idemgate");
         }
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_size.max(1))
             .runtime(Runtime::Tokio1)

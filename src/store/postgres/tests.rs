@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::NoTls;
 
 const LEASE: i64 = 60_000;
 

@@ -71,11 +71,18 @@
 //! token already in place knows that its first attempt was applied. TCP keepalive and
 //! `TCP_USER_TIMEOUT` make a silently vanished server (no reset) count as a dropped connection
 //! within seconds instead of minutes.
+//!
+//! # TLS
+//!
+//! A `rediss://` url connects over TLS (rustls) and verifies the server's certificate, chain and
+//! host name, against `store.redis.tls.ca_file` or the system's roots; `cert_file` and `key_file`
+//! present a client certificate. See [`tls`].
 
 mod fields;
 mod scripts;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use fields::{bytes, claim_outcome, field_pairs, int};
 use scripts::{CLAIM, COMPLETE, RELEASE};
@@ -130,7 +137,14 @@ impl RedisStore {
             .into_connection_info()
             .map_err(|e| StoreError::Unavailable(format!("store.redis.url: {e}")))?
             .set_tcp_settings(tcp_settings());
-        let client = ::redis::Client::open(info).map_err(|e| unavailable("connect", &e))?;
+        let certificates = tls::certificates(cfg).map_err(|e| StoreError::Unavailable(format!("redis TLS: {e}")))?;
+        // redis-rs builds its rustls config from the process' default provider.
+        crate::store::tls::install_default_provider();
+        let client = match certificates {
+            Some(certificates) => ::redis::Client::build_with_tls(info, certificates),
+            None => ::redis::Client::open(info),
+        }
+        .map_err(|e| unavailable("connect", &e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             // The operation's own bound (`Conn::run`) is the one that counts.
@@ -141,7 +155,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let connect = async {
             let manager =
-                ConnectionManager::new_with_config(client, config).await.map_err(|e| format!("redis connect: {e}"))?;
+                ConnectionManager::new_with_config(client, config).await.map_err(|e| connect_error(cfg, &e))?;
             let conn = Conn { manager, timeout };
             conn.send(&Request::Cmd(cmd("PING"))).await.map_err(|e| format!("redis ping: {e}"))?;
             Ok::<_, String>(conn)
@@ -157,6 +171,11 @@ impl RedisStore {
 
     fn key(&self, id: &RecordId) -> String {
         record_key(&self.prefix, id)
+    }
+
+    /// How the connection is protected, for `idemgate check`: `tls, ca: /etc/ca.pem`.
+    pub fn describe_tls(cfg: &RedisConfig) -> String {
+        tls::describe(cfg)
     }
 }
 
@@ -241,6 +260,14 @@ impl Conn {
             Ok(Err(e)) => Err(unavailable(what, &e)),
             Err(_) => Err(StoreError::Unavailable(format!("redis {what}: no answer within {:?}", self.timeout))),
         }
+    }
+}
+
+/// A failed first connection; over TLS, it says what the certificate was checked against.
+fn connect_error(cfg: &RedisConfig, e: &RedisError) -> String {
+    match cfg.uses_tls() {
+        true => format!("redis connect ({}): {e}", tls::describe(cfg)),
+        false => format!("redis connect: {e}"),
     }
 }
 

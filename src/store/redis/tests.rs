@@ -26,7 +26,7 @@ fn random_prefix() -> String {
 }
 
 fn config(url: &str, timeout: Duration) -> RedisConfig {
-    RedisConfig { url: url.to_string(), key_prefix: random_prefix(), timeout: Dur(timeout) }
+    RedisConfig { url: url.to_string(), key_prefix: random_prefix(), timeout: Dur(timeout), tls: None }
 }
 
 async fn open_test_store() -> Option<RedisStore> {
@@ -317,11 +317,15 @@ async fn an_unreachable_server_is_unavailable_promptly() {
     eprintln!("unreachable: {:?} after {took:?}", result.err().unwrap());
 }
 
-/// `rediss://` needs one of the crate's TLS features, which this build does not enable: say so.
+/// A CA file that cannot be read fails the open by its field's name, before any connection.
 #[tokio::test]
-async fn a_tls_url_says_what_is_missing() {
-    match RedisStore::open(&config("rediss://127.0.0.1:1/0", Duration::from_secs(1))).await {
-        Err(StoreError::Unavailable(message)) => assert!(message.contains("TLS"), "{message}"),
+async fn a_missing_ca_file_is_named() {
+    let mut cfg = config("rediss://127.0.0.1:1/0", Duration::from_secs(1));
+    cfg.tls = Some(crate::config::RedisTlsConfig { ca_file: Some("/nonexistent/ca.pem".into()), ..Default::default() });
+    match RedisStore::open(&cfg).await {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("store.redis.tls.ca_file /nonexistent/ca.pem"), "{message}")
+        }
         other => panic!("expected Unavailable, got {:?}", other.err()),
     }
 }
