@@ -156,6 +156,8 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     /// Requests refused because `server.max_buffered_bytes` was reached.
     pub budget_refusals: Counter,
+    /// Completions written again after the store refused them (locked, briefly unavailable).
+    pub completion_retries: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -183,6 +185,7 @@ impl Metrics {
         let lease_expiries = Family::<RouteLabel, Counter>::default();
         let config_reloads = Family::<ReloadLabel, Counter>::default();
         let (wait_keys, buffered_bytes, budget_refusals): (Gauge, Gauge, Counter) = Default::default();
+        let completion_retries = Counter::default();
         for result in [ReloadResult::applied, ReloadResult::refused] {
             config_reloads.get_or_create_owned(&ReloadLabel { result });
         }
@@ -261,7 +264,13 @@ impl Metrics {
             "Requests answered 503 because server.max_buffered_bytes was reached",
             Counter::clone(&budget_refusals),
         );
+        registry.register(
+            "idemgate_completion_retries",
+            "Completions written again after the store refused them; the key stays claimed meanwhile",
+            Counter::clone(&completion_retries),
+        );
         Metrics {
+            completion_retries,
             wait_keys,
             buffered_bytes,
             budget_refusals,

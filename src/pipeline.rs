@@ -19,7 +19,7 @@ use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::replay::{self, Captured};
 use crate::route::{Route, RouteMatch, Router};
 use crate::scope::{self, LegacyScope};
-use crate::store::{Claim, Completed, RecordId, Records, now_ms};
+use crate::store::{Claim, Completed, RecordId, Records, StoreError, now_ms};
 use crate::upstream::Upstream;
 use crate::verify::SignedRequest;
 use crate::waiters::{Backoff, Held, Waiters};
@@ -154,12 +154,12 @@ impl Pipeline {
         upstream: Upstream,
         metrics: Arc<Metrics>,
         key_logging: KeyLogging,
-        body_read_timeout: std::time::Duration,
-        max_buffered_bytes: u64,
+        server: &crate::config::ServerConfig,
         legacy: LegacyScope,
     ) -> Pipeline {
+        let body_read_timeout = server.body_read_timeout.0;
         let budget = Budget::new(
-            usize::try_from(max_buffered_bytes).unwrap_or(usize::MAX),
+            usize::try_from(server.max_buffered_bytes.0).unwrap_or(usize::MAX),
             metrics.buffered_bytes.clone(),
             metrics.budget_refusals.clone(),
         );
@@ -470,12 +470,34 @@ impl Pipeline {
             created_ms: *claimed_ms,
             expires_ms: now.saturating_add(route.policy.ttl.0.as_millis() as i64),
         };
-        if !self.records.complete(id, *token, completed).await? {
+        if !self.complete_within_lease(claimed, completed).await? {
             // Our lease ended and another request took the key (or an operator deleted it).
             self.metrics.lost_claims.inc();
             tracing::warn!(route = %route.name, key = %id.key, "the claim was lost before completion; the response is not stored");
         }
         Ok(captured.into_response())
+    }
+
+    /// Writes the completion, again and again with backoff while the store refuses it (a lock,
+    /// a brief outage) and the claim's lease still covers another try: the app has done its
+    /// work, and a 503 now would leave the key to be forwarded a second time once the lease ends.
+    async fn complete_within_lease(&self, claimed: &Claimed, completed: Completed) -> Result<bool, StoreError> {
+        let lease_end_ms = claimed.claimed_ms.saturating_add(claimed.route.policy.lease.0.as_millis() as i64);
+        let mut backoff = COMPLETE_RETRY_FIRST;
+        loop {
+            match self.records.complete(&claimed.id, claimed.token, completed.clone()).await {
+                Ok(stored) => return Ok(stored),
+                Err(e) if now_ms() + (backoff + COMPLETE_RETRY_MARGIN).as_millis() as i64 >= lease_end_ms => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.metrics.completion_retries.inc();
+                    tracing::warn!(route = %claimed.route.name, key = %claimed.id.key, error = %e, retry_in = ?backoff, "completion not stored; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(COMPLETE_RETRY_MAX);
+                }
+            }
+        }
     }
 
     /// `missing_key: forward`: the body was read already, so it is sent on as read.
@@ -614,6 +636,12 @@ fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordI
     };
     Ok(Some(RecordId { route: route.name.clone(), scope, key }))
 }
+
+/// Completion retries: the first after this, each later one twice as late, up to the max; none
+/// that could not finish (a store operation may take seconds) before the claim's lease ends.
+const COMPLETE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(25);
+const COMPLETE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+const COMPLETE_RETRY_MARGIN: std::time::Duration = std::time::Duration::from_secs(6);
 
 /// Scope values are hashed, so their length costs nothing in the store; this only bounds work.
 const SCOPE_MAX: usize = 8192;

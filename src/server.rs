@@ -92,16 +92,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics.clone(),
     );
     let legacy = crate::scope::LegacyScope::load(&records, crate::store::now_ms()).await?;
-    let pipeline = Arc::new(Pipeline::new(
-        router,
-        records,
-        upstream,
-        metrics.clone(),
-        config.log.keys,
-        config.server.body_read_timeout.0,
-        config.server.max_buffered_bytes.0,
-        legacy,
-    ));
+    let pipeline =
+        Arc::new(Pipeline::new(router, records, upstream, metrics.clone(), config.log.keys, &config.server, legacy));
     let admin = Arc::new(Admin::new(pipeline.clone(), metrics.clone(), config.admin.token.clone()));
 
     let proxy_listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Bind(config.listen, e))?;

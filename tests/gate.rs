@@ -301,3 +301,32 @@ fn an_admin_token_from_the_environment_is_kept_exactly_as_written_and_never_prin
     assert_eq!(status("12345"), "401");
     child.kill();
 }
+
+/// A store that is locked when the app's answer is to be stored: the completion is retried
+/// while the lease allows, the client gets the app's answer, and the duplicate its replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_at_completion_is_retried_not_forwarded_twice() {
+    let app = TestApp::start().await;
+    let proxy = Arc::new(TestProxy::start(&app, &format!("defaults: {{ lease: 40s }}\n{HEADER_ROUTE}")).await);
+    app.hold("locked");
+    let first = spawn_post(&proxy, &[("idempotency-key", "locked")], "");
+    assert_eq!(app.arrival().await, "locked");
+    // Another process takes the write lock while the app works.
+    let lock = rusqlite::Connection::open(&proxy.db_path).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    app.release("locked");
+    let retried = common::eventually(Duration::from_secs(30), || async {
+        proxy.metric("idemgate_completion_retries_total").await >= 1.0
+    })
+    .await;
+    assert!(retried, "the completion was never retried");
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let reply = first.await.unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert!(!reply.replayed());
+    let duplicate = proxy.post("/hooks/a", &[("idempotency-key", "locked")], "").await;
+    assert!(duplicate.replayed());
+    assert_eq!(duplicate.body, reply.body);
+    assert_eq!(app.count("locked"), 1);
+}
