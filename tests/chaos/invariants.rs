@@ -23,7 +23,7 @@ pub struct Record {
 /// The completed records, by the app forward their body came from (`"forward":N`).
 pub fn read_records(db: &std::path::Path) -> (HashMap<u64, Record>, usize) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn.prepare("SELECT key, state, status, body FROM records").unwrap();
+    let mut stmt = conn.prepare("SELECT key, state, status, body FROM records WHERE route <> 'idemgate:meta'").unwrap();
     let rows = stmt.query_map([], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<u16>>(2)?, r.get::<_, Option<Vec<u8>>>(3)?))
     });
