@@ -330,3 +330,41 @@ async fn a_locked_store_at_completion_is_retried_not_forwarded_twice() {
     assert_eq!(duplicate.body, reply.body);
     assert_eq!(app.count("locked"), 1);
 }
+
+/// Two reloads close together (a SIGHUP beside a file event) apply one after the other: the
+/// config that serves is the file as it was last read, never an older read that finished late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_close_together_apply_in_order() {
+    use idemgate::reload::{Trigger, digest};
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idemgate.db");
+    let route = |path: &str| {
+        format!("routes:\n  - name: only\n    match: {{ path: {path} }}\n    key: {{ header: Idempotency-Key }}\n")
+    };
+    let (a, b) =
+        (common::config_yaml(&app.url(), &db, &route("/a")), common::config_yaml(&app.url(), &db, &route("/b")));
+    let file = dir.path().join("idemgate.yaml");
+    std::fs::write(&file, &a).unwrap();
+    let config = idemgate::config::load(&file).unwrap();
+    let running = idemgate::server::start(config.clone()).await.unwrap();
+    let client = common::TestClient::new(running.proxy_addr);
+    let reloader = running.reloader(file.clone(), config, Some(digest(&a)));
+    for i in 0..40 {
+        let (to, path) = if i % 2 == 0 { (&b, "/b") } else { (&a, "/a") };
+        let early = std::thread::spawn({
+            let reloader = reloader.clone();
+            move || reloader.reload(Trigger::Signal)
+        });
+        std::fs::write(&file, to).unwrap();
+        let late = std::thread::spawn({
+            let reloader = reloader.clone();
+            move || reloader.reload(Trigger::Signal)
+        });
+        early.join().unwrap();
+        late.join().unwrap();
+        // Only the route of the file as written last protects its path (400 without a key).
+        assert_eq!(client.post(path, &[], "").await.status, 400, "round {i}: an older config won");
+    }
+    running.shutdown().await;
+}
