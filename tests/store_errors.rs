@@ -43,10 +43,13 @@ async fn a_locked_store_answers_503_and_never_forwards_unprotected() {
     assert_eq!(app.count("fresh"), 1);
 }
 
+/// A completion the store refuses is retried while the lease allows (tests/gate.rs); one that
+/// cannot be stored before the lease ends is answered 503, never released unstored. With an 8 s
+/// lease, the first attempt's 5 s lock wait leaves no room for another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_response_that_cannot_be_stored_is_not_released_to_the_client() {
+async fn a_response_that_cannot_be_stored_within_the_lease_is_not_released_to_the_client() {
     let app = TestApp::start().await;
-    let proxy = Arc::new(TestProxy::start(&app, HEADER_ROUTE).await);
+    let proxy = Arc::new(TestProxy::start(&app, &format!("defaults: {{ lease: 8s }}\n{HEADER_ROUTE}")).await);
     app.hold("k");
     let first = spawn_post(&proxy, &[("idempotency-key", "k")], "{}");
     app.arrival().await;
