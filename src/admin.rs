@@ -1,8 +1,8 @@
 //! The admin listener: health, readiness, metrics and key administration.
 
 use crate::error::{Body, Problem};
+use crate::gate::{Gate, hex};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, hex};
 use crate::replay::full;
 use crate::store::{Record, RecordId};
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use std::time::{Duration, UNIX_EPOCH};
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Admin {
-    pipeline: Arc<Pipeline>,
+    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     token: Option<String>,
     /// Set at shutdown, so that readiness fails while requests drain.
@@ -25,8 +25,8 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(pipeline: Arc<Pipeline>, metrics: Arc<Metrics>, token: Option<String>) -> Admin {
-        Admin { pipeline, metrics, token, draining: AtomicBool::new(false) }
+    pub fn new(gate: Arc<Gate>, metrics: Arc<Metrics>, token: Option<String>) -> Admin {
+        Admin { gate, metrics, token, draining: AtomicBool::new(false) }
     }
 
     pub fn set_draining(&self) {
@@ -49,7 +49,7 @@ impl Admin {
         if self.draining.load(Ordering::Relaxed) {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
-        match tokio::time::timeout(READY_TIMEOUT, self.pipeline.records.backend().check_writable()).await {
+        match tokio::time::timeout(READY_TIMEOUT, self.gate.records.backend().check_writable()).await {
             Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
             Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
             Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the store did not answer in time\n"),
@@ -78,7 +78,7 @@ impl Admin {
             path.strip_prefix("/admin/keys/").ok_or_else(|| Problem::NotFound(format!("no admin endpoint {path}")))?;
         let (route_name, raw_key) =
             rest.split_once('/').ok_or_else(|| Problem::NotFound("use /admin/keys/{route}/{key}".into()))?;
-        let routes = self.pipeline.routes();
+        let routes = self.gate.routes();
         let route =
             routes.router.get(route_name).ok_or_else(|| Problem::NotFound(format!("no route named {route_name:?}")))?;
         let key = percent_encoding::percent_decode_str(raw_key)
@@ -100,12 +100,12 @@ impl Admin {
         };
         let id = RecordId { route: route.name.clone(), scope, key };
         match *method {
-            Method::GET => match self.pipeline.records.get(&id).await? {
+            Method::GET => match self.gate.records.get(&id).await? {
                 Some(record) => Ok(json(&record_json(&id, &record))),
                 None => Err(Problem::NotFound(format!("no record for key {:?} on route {route_name:?}", id.key))),
             },
             Method::DELETE => {
-                let deleted = self.pipeline.records.delete(&id).await?;
+                let deleted = self.gate.records.delete(&id).await?;
                 tracing::info!(route = %id.route, key = %id.key, deleted, "key deleted by an operator");
                 let mut response = Response::new(full(Bytes::new()));
                 *response.status_mut() = StatusCode::NO_CONTENT;

@@ -12,6 +12,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A boxed future that is `Send`: the layers box the futures of the services they wrap.
+pub type SendFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Everything idemgate itself can answer instead of the app.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,8 @@ pub enum Problem {
     MissingScope(String),
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(u64),
+    #[error("the request body is larger than server.max_buffered_bytes")]
+    BodyOverCap,
     #[error("the request body could not be read: {0}")]
     BodyUnreadable(String),
     #[error("the request body did not arrive within {0:?}")]
@@ -56,6 +60,9 @@ pub enum Problem {
     Unverified(#[from] crate::verify::VerifyError),
     #[error("{0}")]
     OverBudget(#[from] crate::budget::OverBudget),
+    /// The app already has `upstream.max_in_flight` requests: shed rather than queued.
+    #[error("the app has as many requests in flight as upstream.max_in_flight allows")]
+    UpstreamBusy,
     /// A bug in idemgate (a task that panicked); never the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -82,14 +89,14 @@ impl Problem {
             | Problem::BadRequest(_) => StatusCode::BAD_REQUEST,
             Problem::UpgradeRefused => StatusCode::BAD_REQUEST,
             Problem::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
-            Problem::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::BodyTooLarge(_) | Problem::BodyOverCap => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Problem::InFlight { .. } => StatusCode::CONFLICT,
             Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Problem::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Problem::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Problem::Store(_) | Problem::OverBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::Store(_) | Problem::OverBudget(_) | Problem::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             Problem::NotFound(_) | Problem::NoRoute => StatusCode::NOT_FOUND,
             Problem::Unauthorized | Problem::Unverified(_) => StatusCode::UNAUTHORIZED,
         }
@@ -102,7 +109,7 @@ impl Problem {
             Problem::BadKey(KeyError::Missing(_)) => "missing-key",
             Problem::BadKey(_) => "invalid-key",
             Problem::MissingScope(_) => "missing-scope",
-            Problem::BodyTooLarge(_) => "body-too-large",
+            Problem::BodyTooLarge(_) | Problem::BodyOverCap => "body-too-large",
             Problem::BodyUnreadable(_) => "bad-body",
             Problem::BodyTimeout(_) => "body-timeout",
             Problem::InFlight { .. } => "key-in-flight",
@@ -111,6 +118,7 @@ impl Problem {
             Problem::UpstreamTimeout(_) => "upstream-timeout",
             Problem::Store(_) => "store-unavailable",
             Problem::OverBudget(_) => "memory-budget",
+            Problem::UpstreamBusy => "upstream-busy",
             Problem::NotFound(_) => "not-found",
             Problem::NoRoute => "no-route",
             Problem::Unauthorized => "unauthorized",
@@ -128,7 +136,7 @@ impl Problem {
             Problem::BadKey(KeyError::Missing(_)) => "Missing idempotency key",
             Problem::BadKey(_) => "Invalid idempotency key",
             Problem::MissingScope(_) => "Missing scope",
-            Problem::BodyTooLarge(_) => "Request body too large",
+            Problem::BodyTooLarge(_) | Problem::BodyOverCap => "Request body too large",
             Problem::BodyUnreadable(_) => "Unreadable request body",
             Problem::BodyTimeout(_) => "Request body too slow",
             Problem::InFlight { .. } => "Request in progress",
@@ -137,6 +145,7 @@ impl Problem {
             Problem::UpstreamTimeout(_) => "Upstream timeout",
             Problem::Store(_) => "Idempotency store unavailable",
             Problem::OverBudget(_) => "Too many bodies in memory",
+            Problem::UpstreamBusy => "Upstream busy",
             Problem::NotFound(_) => "Not found",
             Problem::NoRoute => "No route",
             Problem::Unauthorized => "Unauthorized",
@@ -154,9 +163,10 @@ impl Problem {
             Problem::InFlight { .. } => Outcome::conflict,
             Problem::Mismatch => Outcome::mismatch,
             // Internal: the only task that can fail so is the exchange with the app.
-            Problem::UpstreamUnreachable(_) | Problem::UpstreamTimeout(_) | Problem::Internal(_) => {
-                Outcome::upstream_error
-            }
+            Problem::UpstreamUnreachable(_)
+            | Problem::UpstreamTimeout(_)
+            | Problem::UpstreamBusy
+            | Problem::Internal(_) => Outcome::upstream_error,
             Problem::Store(_) => Outcome::store_error,
             Problem::Unverified(_) => Outcome::unverified,
             _ => Outcome::rejected,
@@ -170,12 +180,38 @@ impl Problem {
             Problem::UpstreamUnreachable(_)
             | Problem::UpstreamTimeout(_)
             | Problem::Store(_)
+            | Problem::UpstreamBusy
             | Problem::OverBudget(_) => Some(1),
             _ => None,
         }
     }
 
+    /// A failure of the service behind the idempotency stage (the app client, or an embedding
+    /// app's own service), as the problem it is answered with.
+    pub fn from_app(error: BoxError, timeout: std::time::Duration) -> Problem {
+        let error = match error.downcast::<Problem>() {
+            Ok(problem) => return *problem,
+            Err(error) => error,
+        };
+        if error.is::<tower::timeout::error::Elapsed>() {
+            Problem::UpstreamTimeout(timeout)
+        } else if error.is::<tower::load_shed::error::Overloaded>() {
+            Problem::UpstreamBusy
+        } else {
+            Problem::UpstreamUnreachable(describe(&*error))
+        }
+    }
+
+    /// The one mapping from a failure to its answer: problem+json, marked with the outcome it is
+    /// counted under (for the request's report).
     pub fn into_response(self) -> Response<Body> {
+        let mark = crate::layer::report::ProblemMark { outcome: self.outcome(), detail: self.to_string().into() };
+        let mut response = self.to_response();
+        response.extensions_mut().insert(mark);
+        response
+    }
+
+    fn to_response(&self) -> Response<Body> {
         let status = self.status();
         let body = serde_json::json!({
             "type": format!("urn:idemgate:problem:{}", self.kind()),
@@ -193,4 +229,16 @@ impl Problem {
         }
         response
     }
+}
+
+/// An error with its chain of causes, as one line.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }

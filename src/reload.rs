@@ -9,8 +9,8 @@
 //! reported as needing a restart on every reload until the process restarts.
 
 use crate::config::{self, Config, ConfigError};
+use crate::gate::Gate;
 use crate::metrics::{Metrics, ReloadLabel, ReloadResult};
-use crate::pipeline::Pipeline;
 use crate::route::Router;
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
@@ -50,7 +50,7 @@ pub struct Reloader {
     path: PathBuf,
     /// The config the process started with: what the sections that cannot change live are.
     started: Config,
-    pipeline: Arc<Pipeline>,
+    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     /// The digest of the file as last loaded (applied or refused), so that an event that did not
     /// change it is no reload, and a refused file is not refused again on every event.
@@ -63,10 +63,10 @@ impl Reloader {
         path: PathBuf,
         started: Config,
         loaded: Option<[u8; 32]>,
-        pipeline: Arc<Pipeline>,
+        gate: Arc<Gate>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
-        Reloader { path, started, pipeline, metrics, last_seen: Mutex::new(loaded) }
+        Reloader { path, started, gate, metrics, last_seen: Mutex::new(loaded) }
     }
 
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
@@ -83,7 +83,7 @@ impl Reloader {
         let outcome = match text.and_then(|text| self.load(&text)) {
             Ok((config, router)) => {
                 let routes = router.routes().len();
-                self.pipeline.swap_routes(router);
+                self.gate.swap_routes(router);
                 ReloadOutcome::Applied { routes, restart_needed: restart_needed(&self.started, &config) }
             }
             Err(e) => ReloadOutcome::Refused(e),

@@ -11,7 +11,7 @@ use crate::upstream::strip_hop_by_hop;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -20,34 +20,43 @@ pub fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
-pub fn incoming(body: Incoming) -> Body {
-    body.map_err(BoxError::from).boxed_unsync()
+/// Any body of bytes, boxed into idemgate's one body type.
+pub fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// An app response with its body read up to the limit.
-pub struct Captured {
+pub struct Captured<B> {
     pub status: StatusCode,
     pub headers: http::HeaderMap,
-    pub body: CapturedBody,
+    pub body: CapturedBody<B>,
     /// The captured bytes' share of `server.max_buffered_bytes`, held until the body is sent.
     memory: Reservation,
 }
 
-pub enum CapturedBody {
+pub enum CapturedBody<B> {
     Complete(Bytes),
     /// Over the limit: what was read so far, and the rest still on the wire.
-    Oversized(Bytes, Incoming),
+    Oversized(Bytes, B),
 }
 
 /// Reads the response body until it ends or passes `limit`, all before `deadline`. A body that
 /// would pass the memory budget is treated as one over `limit`: streamed on, not kept.
-pub async fn capture(
-    resp: Response<Incoming>,
+pub async fn capture<B>(
+    resp: Response<B>,
     limit: u64,
     deadline: Instant,
     timeout: std::time::Duration,
     mut memory: Reservation,
-) -> Result<Captured, Problem> {
+) -> Result<Captured<B>, Problem>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, mut body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The replay's length is that of the stored body; the app's framing does not carry over.
@@ -58,6 +67,7 @@ pub async fn capture(
             Err(_) => return Err(Problem::UpstreamTimeout(timeout)),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
+                let e: BoxError = e.into();
                 return Err(Problem::UpstreamUnreachable(format!("reading the response body: {e}")));
             }
             Ok(Some(Ok(frame))) => frame,
@@ -78,7 +88,11 @@ pub async fn capture(
     Ok(Captured { status: parts.status, headers: parts.headers, body, memory })
 }
 
-impl Captured {
+impl<B> Captured<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     /// The record to store: the body only if it was captured whole.
     pub fn to_stored(&self) -> StoredResponse {
         let (body, body_omitted) = match &self.body {
@@ -98,9 +112,7 @@ impl Captured {
     pub fn into_response(self) -> Response<Body> {
         let body = match self.body {
             CapturedBody::Complete(b) => full(b),
-            CapturedBody::Oversized(prefix, rest) => {
-                Prefixed { prefix: Some(prefix), rest }.map_err(BoxError::from).boxed_unsync()
-            }
+            CapturedBody::Oversized(prefix, rest) => boxed(Prefixed { prefix: Some(prefix), rest }),
         };
         let body = Reserved { inner: body, _memory: self.memory }.boxed_unsync();
         let mut response = Response::new(body);
@@ -129,10 +141,14 @@ pub fn replay(stored: &StoredResponse) -> Response<Body> {
 }
 
 /// The app's response as it arrived, minus hop-by-hop headers, streamed (pass-through routes).
-pub fn stream(resp: Response<Incoming>) -> Response<Body> {
+pub fn stream<B>(resp: Response<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, incoming(body))
+    Response::from_parts(parts, boxed(body))
 }
 
 /// A body that keeps its bytes' memory reservation until it is dropped.
@@ -159,16 +175,19 @@ impl hyper::body::Body for Reserved {
 }
 
 /// A body that yields an already-read prefix, then the rest of a live body.
-struct Prefixed {
+struct Prefixed<B> {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: B,
 }
 
-impl hyper::body::Body for Prefixed {
+impl<B> hyper::body::Body for Prefixed<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }

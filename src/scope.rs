@@ -40,7 +40,7 @@ pub fn of_credentials(headers: &HeaderMap) -> String {
         return SHARED.to_string();
     }
     // Prefixed, so it can never equal an explicit scope's digest of the same bytes.
-    format!("c1:{}", crate::pipeline::hex(&digest.finalize()))
+    format!("c1:{}", crate::gate::hex(&digest.finalize()))
 }
 
 /// Whether a record id was scoped by credentials (so may have a record in the legacy scope).

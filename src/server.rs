@@ -5,15 +5,15 @@
 //! `server.shutdown_grace`), then closes the store so every queued write is on disk.
 
 use crate::admin::Admin;
-use crate::config::Backend;
 use crate::config::Config;
 use crate::error::Body;
+use crate::gate::Gate;
+use crate::idempotency::{EmbedError, build_gate};
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
-use crate::route::Router;
-use crate::store::{CompletedCache, PostgresStore, Records, RedisStore, SqliteStore, Store, spawn_sweeper};
-use crate::upstream::Upstream;
+use crate::stack;
+use crate::store::spawn_sweeper;
+use crate::upstream::{AppClient, ClientAddr};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 /// How often expired records are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -61,7 +62,7 @@ pub enum StartError {
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pipeline: Arc<Pipeline>,
+    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -71,7 +72,7 @@ impl Running {
     /// Reloads `path` into this proxy on request; `config` is the one it was started with, loaded
     /// from the file whose digest was `loaded`.
     pub fn reloader(&self, path: std::path::PathBuf, config: Config, loaded: Option<[u8; 32]>) -> Arc<Reloader> {
-        Arc::new(Reloader::new(path, config, loaded, self.pipeline.clone(), self.metrics.clone()))
+        Arc::new(Reloader::new(path, config, loaded, self.gate.clone(), self.metrics.clone()))
     }
 
     /// Drains and stops; returns once the store is closed.
@@ -83,18 +84,15 @@ impl Running {
 
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let router = Router::from_config(&config).map_err(StartError::Config)?;
-    let upstream = Upstream::new(&config.upstream).map_err(StartError::Config)?;
-    let backend = open_store(&config.store).await?;
-    let records = Records::new(
-        backend.clone(),
-        CompletedCache::new(config.store.cache.max_bytes.0, metrics.cache_evictions.clone()),
-        metrics.clone(),
-    );
-    let legacy = crate::scope::LegacyScope::load(&records, crate::store::now_ms()).await?;
-    let pipeline =
-        Arc::new(Pipeline::new(router, records, upstream, metrics.clone(), config.log.keys, &config.server, legacy));
-    let admin = Arc::new(Admin::new(pipeline.clone(), metrics.clone(), config.admin.token.clone()));
+    let client = AppClient::new(&config.upstream).map_err(StartError::Config)?;
+    let gate = build_gate(&config, metrics.clone()).await.map_err(|e| match e {
+        EmbedError::Config(e) => StartError::Config(e.0),
+        EmbedError::Store(e) => StartError::Store(e),
+    })?;
+    let backend = gate.records.backend().clone();
+    let upstream = stack::upstream(client, config.upstream.timeout.0, config.upstream.max_in_flight);
+    let proxy = stack::proxy(gate.clone(), upstream);
+    let admin = Arc::new(Admin::new(gate.clone(), metrics.clone(), config.admin.token.clone()));
 
     let proxy_listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Bind(config.listen, e))?;
     let admin_listener =
@@ -110,12 +108,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         header_read_timeout: config.server.header_read_timeout.0,
     };
-    let proxy_loop = {
-        let pipeline = pipeline.clone();
-        accept_loop(proxy_listener, limits.clone(), stopped.clone(), move |req, peer| {
-            pipeline.clone().handle(req, peer)
-        })
-    };
+    let proxy_loop = accept_loop(proxy_listener, limits.clone(), stopped.clone(), move |mut req, peer| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        let proxy = proxy.clone();
+        async move {
+            match proxy.oneshot(req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    });
     let admin_loop = {
         let admin = admin.clone();
         admin_accept_loop(admin_listener, admin_stopped, move |req| admin.clone().handle(req))
@@ -123,7 +125,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy_loop = tokio::spawn(proxy_loop);
     let admin_loop = tokio::spawn(admin_loop);
     let sweeper = spawn_sweeper(backend.clone(), SWEEP_EVERY, metrics.clone());
-    let handles = (pipeline.clone(), metrics);
+    let handles = (gate.clone(), metrics);
     let grace = config.server.shutdown_grace.0;
 
     let task = tokio::spawn(async move {
@@ -136,7 +138,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         if tokio::time::timeout(grace, proxy_conns.shutdown()).await.is_err() {
             tracing::warn!(grace = ?grace, "requests still in flight after the shutdown grace; closing them");
         }
-        if !pipeline.drain(grace.saturating_sub(started.elapsed())).await {
+        if !gate.drain(grace.saturating_sub(started.elapsed())).await {
             tracing::warn!(
                 "exchanges with the app still running after the shutdown grace; their keys wait for their lease"
             );
@@ -144,24 +146,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let _ = stop_admin.send(true);
         let _ = admin_loop.await;
         sweeper.abort();
-        drop(pipeline);
+        drop(gate);
         if let Err(e) = backend.close().await {
             tracing::error!(error = %e, "closing the store failed");
         }
         tracing::info!("stopped");
     });
-    let (pipeline, metrics) = handles;
-    Ok(Running { proxy_addr, admin_addr, pipeline, metrics, stop, task })
-}
-
-/// Opens the configured backend. A shared store that cannot be reached at start is an error:
-/// a proxy that cannot claim would answer every protected request 503.
-async fn open_store(cfg: &crate::config::StoreConfig) -> Result<Arc<dyn Store>, StartError> {
-    Ok(match cfg.backend() {
-        Backend::Sqlite(sqlite) => Arc::new(SqliteStore::open(&sqlite.path)?),
-        Backend::Postgres(pg) => Arc::new(PostgresStore::open(pg).await?),
-        Backend::Redis(redis) => Arc::new(RedisStore::open(redis).await?),
-    })
+    let (gate, metrics) = handles;
+    Ok(Running { proxy_addr, admin_addr, gate, metrics, stop, task })
 }
 
 #[derive(Clone)]

@@ -1,7 +1,7 @@
 //! Stage `forward`: the pooled client to the local app.
 //!
 //! hyper-util's client keeps keep-alive connections to the app; idemgate adds only what is its
-//! own: the target address, hop-by-hop hygiene, and the mapping of failures to 502/504.
+//! own: the target address, hop-by-hop hygiene, and `X-Forwarded-For`.
 
 use crate::config::UpstreamConfig;
 use crate::error::{Body, Problem};
@@ -11,18 +11,28 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
+use tower::Service;
 
-pub struct Upstream {
+/// The peer a request came from, for `X-Forwarded-For`; set by the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The client to the app as a tower service: the target address, hop-by-hop hygiene and
+/// `X-Forwarded-For`. Timeouts, the concurrency limit and load shedding are layers around it
+/// ([`crate::stack`]).
+#[derive(Clone)]
+pub struct AppClient {
     client: Client<HttpConnector, Body>,
     authority: http::uri::Authority,
-    pub timeout: Duration,
 }
 
-impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+impl AppClient {
+    pub fn new(cfg: &UpstreamConfig) -> Result<AppClient, String> {
         let url = cfg.url.as_deref().ok_or("upstream.url is required")?;
         let uri: Uri = url.parse().map_err(|e| format!("upstream.url: {e}"))?;
         let authority = uri.authority().cloned().ok_or("upstream.url: no host")?;
@@ -33,12 +43,12 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Ok(Upstream { client, authority, timeout: cfg.timeout.0 })
+        Ok(AppClient { client, authority })
     }
 
     /// Points the request at the app, keeping its path and query as they arrived, and removes
     /// hop-by-hop headers (those belong to the client's connection, not to the app's).
-    pub fn prepare(&self, req: &mut Request<Body>, client: SocketAddr) -> Result<(), Problem> {
+    fn prepare(&self, req: &mut Request<Body>) -> Result<(), Problem> {
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
         *req.uri_mut() = Uri::builder()
             .scheme("http")
@@ -48,29 +58,31 @@ impl Upstream {
             .map_err(|e| Problem::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         *req.version_mut() = http::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
-        append_forwarded_for(req.headers_mut(), client);
-        Ok(())
-    }
-
-    /// Sends the request; the app must answer with a response head before `deadline`.
-    pub async fn send(&self, req: Request<Body>, deadline: Instant) -> Result<Response<Incoming>, Problem> {
-        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
-            Err(_) => Err(Problem::UpstreamTimeout(self.timeout)),
-            Ok(Err(e)) => Err(Problem::UpstreamUnreachable(describe_client_error(&e))),
-            Ok(Ok(resp)) => Ok(resp),
+        if let Some(ClientAddr(client)) = req.extensions().get::<ClientAddr>().copied() {
+            append_forwarded_for(req.headers_mut(), client);
         }
+        Ok(())
     }
 }
 
-fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
+impl Service<Request<Body>> for AppClient {
+    type Response = Response<Incoming>;
+    type Error = Problem;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Problem>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
+        // The pool opens connections as needed; the concurrency limit around it bounds them.
+        Poll::Ready(Ok(()))
     }
-    msg
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let prepared = self.prepare(&mut req);
+        let client = self.client.clone();
+        Box::pin(async move {
+            prepared?;
+            client.request(req).await.map_err(|e| Problem::UpstreamUnreachable(crate::error::describe(&e)))
+        })
+    }
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [

@@ -141,11 +141,18 @@ pub struct UpstreamConfig {
     pub url: Option<String>,
     pub connect_timeout: Dur,
     pub timeout: Dur,
+    /// Requests with the app at once; past it, new ones are shed (503) rather than queued.
+    pub max_in_flight: usize,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
-        Self { url: None, connect_timeout: Dur(Duration::from_secs(1)), timeout: Dur(Duration::from_secs(30)) }
+        Self {
+            url: None,
+            connect_timeout: Dur(Duration::from_secs(1)),
+            timeout: Dur(Duration::from_secs(30)),
+            max_in_flight: 1024,
+        }
     }
 }
 
@@ -471,6 +478,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// A config for an embedded [`crate::IdempotencyLayer`]: the YAML alone (the embedding program
+/// owns its environment), without `upstream` (the wrapped service is the app).
+pub fn parse_embedded(text: &str) -> Result<Config, ConfigError> {
+    let config: Config = serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
+        .map_err(|e| ConfigError(e.to_string()))?;
+    config.validate_gate()?;
+    Ok(config)
+}
+
 /// `IDEMGATE_UPSTREAM__URL=...` sets `upstream.url`. Not config: `IDEMGATE_CONFIG` (names the
 /// file), the test suite's `IDEMGATE_TEST_*`, and the variables Kubernetes sets for a Service named
 /// `idemgate` in the same namespace (`IDEMGATE_SERVICE_HOST`, `IDEMGATE_PORT_8080_TCP`, ...), which
@@ -533,6 +549,11 @@ impl Config {
     /// Checks everything serde cannot: cross-field rules, required fields, value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_upstream()?;
+        self.validate_gate()
+    }
+
+    /// Everything but the upstream: what an embedded [`crate::IdempotencyLayer`] needs.
+    fn validate_gate(&self) -> Result<(), ConfigError> {
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
@@ -611,6 +632,9 @@ impl Config {
         }
         if self.upstream.timeout.0.is_zero() {
             return Err(invalid("upstream.timeout", "must be greater than 0"));
+        }
+        if self.upstream.max_in_flight == 0 {
+            return Err(invalid("upstream.max_in_flight", "must be at least 1"));
         }
         Ok(())
     }

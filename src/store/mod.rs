@@ -36,7 +36,18 @@ const LOOKUP_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 /// that, it would look like a first delivery.
 pub const ABANDONED_CLAIM_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// A backend failure. The pipeline answers 503 and forwards nothing.
+/// Opens the configured backend. A shared store that cannot be reached at start is an error:
+/// a proxy that cannot claim would answer every protected request 503.
+pub async fn open(cfg: &crate::config::StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    use crate::config::Backend;
+    Ok(match cfg.backend() {
+        Backend::Sqlite(sqlite) => Arc::new(SqliteStore::open(&sqlite.path)?),
+        Backend::Postgres(pg) => Arc::new(PostgresStore::open(pg).await?),
+        Backend::Redis(redis) => Arc::new(RedisStore::open(redis).await?),
+    })
+}
+
+/// A backend failure. The request gets 503 and nothing is forwarded.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]

@@ -1,0 +1,141 @@
+//! The idempotency stage as a tower layer: [`IdempotencyLayer`].
+//!
+//! The sidecar puts it in front of its client to the app ([`crate::stack`]); a Rust service puts it
+//! in front of its own handlers and gets the same semantics in-process, from the same route
+//! config. Behind it, in the order a request meets them: `route` (first matching route; others
+//! go straight to the service), `body` (the route's `max_body`, the memory budget), `verify`
+//! (the provider's signature), and the [`stage`] (identify, claim, forward, capture, commit).
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let idempotency = idemgate::IdempotencyLayer::from_yaml(
+//!     "store: { sqlite: { path: /tmp/orders.db } }
+//! routes:
+//!   - name: orders
+//!     match: { path: /orders, methods: [POST] }
+//!     key: { header: Idempotency-Key }
+//! ",
+//! )
+//! .await?;
+//! let app = Router::new().route("/orders", post(|| async { "created" })).layer(idempotency);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod lease;
+pub mod stage;
+
+pub use lease::{Claimed, Lease};
+
+use crate::error::{Body, Problem};
+use crate::gate::{Gate, GateOptions};
+use crate::layer::body::{BodyLayer, BodyService};
+use crate::layer::route::{RouteLayer, RouteService};
+use crate::layer::verify::{VerifyLayer, VerifyService};
+use crate::store::{CompletedCache, Records};
+use http::Response;
+use stage::{Stage, StageLayer};
+use std::sync::Arc;
+use tower::util::MapResponse;
+use tower::{Layer, ServiceBuilder};
+use tower_http::limit::{RequestBodyLimit, RequestBodyLimitLayer, ResponseBody};
+
+/// Makes the service it wraps idempotent for the requests its routes match: a first-seen key is
+/// passed on and its response stored durably; a duplicate gets the stored response with
+/// `Idempotent-Replayed: true` and never reaches the service. Requests on no route pass through
+/// (or get 404 with `unmatched: reject`). Clones share one store.
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    gate: Arc<Gate>,
+}
+
+/// Why an [`IdempotencyLayer`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl IdempotencyLayer {
+    /// From YAML with the sidecar's sections (`store`, `server`, `defaults`, `routes`,
+    /// `unmatched`); `upstream` is not needed, the wrapped service is the app.
+    pub async fn from_yaml(yaml: &str) -> Result<IdempotencyLayer, EmbedError> {
+        let config = crate::config::parse_embedded(yaml)?;
+        Self::from_config(&config).await
+    }
+
+    /// From a config built in code or loaded with [`crate::config::load`]. Opens its store and
+    /// starts sweeping expired records from it.
+    pub async fn from_config(config: &crate::config::Config) -> Result<IdempotencyLayer, EmbedError> {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let gate = build_gate(config, metrics).await?;
+        crate::store::spawn_sweeper(gate.records.backend().clone(), SWEEP_EVERY, gate.metrics.clone());
+        Ok(IdempotencyLayer { gate })
+    }
+
+    pub(crate) fn from_gate(gate: Arc<Gate>) -> IdempotencyLayer {
+        IdempotencyLayer { gate }
+    }
+
+    /// The shared state behind the layer: routes, records, metrics.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+}
+
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens the configured store and builds the state every request shares.
+pub(crate) async fn build_gate(
+    config: &crate::config::Config,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Arc<Gate>, EmbedError> {
+    let router = crate::route::Router::from_config(config).map_err(crate::config::ConfigError)?;
+    let backend = crate::store::open(&config.store).await?;
+    let cache = CompletedCache::new(config.store.cache.max_bytes.0, metrics.cache_evictions.clone());
+    let records = Records::new(backend, cache, metrics.clone());
+    let legacy = crate::scope::LegacyScope::load(&records, crate::store::now_ms()).await?;
+    let options = GateOptions {
+        server: &config.server,
+        key_logging: config.log.keys,
+        upstream_timeout: config.upstream.timeout.0,
+        legacy,
+    };
+    Ok(Arc::new(Gate::new(router, records, metrics, options)))
+}
+
+/// The stages of a matched route, around `app`.
+pub type Protected<S> = MapResponse<RequestBodyLimit<BodyService<VerifyService<Stage<S>>>>, LimitAnswer>;
+type LimitAnswer = fn(Response<ResponseBody<Body>>) -> Response<Body>;
+
+impl<S: Clone> Layer<S> for IdempotencyLayer {
+    type Service = RouteService<Protected<S>, S>;
+
+    fn layer(&self, app: S) -> Self::Service {
+        let gate = &self.gate;
+        let protected = ServiceBuilder::new()
+            // tower-http answers a body over the cap in plain text: as problem+json here.
+            .map_response(limit_answer as LimitAnswer)
+            // No one body may take the whole memory budget (every route's max_body is below it).
+            .layer(RequestBodyLimitLayer::new(gate.max_body_cap))
+            .layer(BodyLayer::new(gate.clone()))
+            .layer(VerifyLayer)
+            .layer(StageLayer::new(gate.clone()))
+            .service(app.clone());
+        RouteLayer::new(gate.clone(), app).layer(protected)
+    }
+}
+
+fn limit_answer(response: Response<ResponseBody<Body>>) -> Response<Body> {
+    let staged = response.extensions().get::<crate::layer::body::Staged>().is_some();
+    if response.status() == http::StatusCode::PAYLOAD_TOO_LARGE && !staged {
+        return Problem::BodyOverCap.into_response();
+    }
+    response.map(crate::replay::boxed)
+}

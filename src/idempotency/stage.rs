@@ -1,0 +1,365 @@
+//! The idempotency stage, in the order a request meets it:
+//!
+//! ```text
+//! identify ─► fingerprint ─► claim ─┬─ Replay ───────────────────────────► respond (replayed)
+//!                                   ├─ Mismatch (422) / InFlight (409) ─► respond
+//!                                   ├─ InFlight, concurrent: wait ──────► wait, claim again
+//!                                   └─ Owned(lease) ─► forward ─► capture ─► commit ─► respond
+//! ```
+//!
+//! A request whose route forwards keyless requests (`missing_key: forward`) goes to the service
+//! behind as it is. An owned key's exchange runs on a task of its own: a sender that hangs up
+//! does not cancel the app call, and its retry gets the stored response.
+
+use super::lease::{Claimed, Lease};
+use crate::config::{Concurrent, MissingKey};
+use crate::decide::{Decision, decide};
+use crate::error::{Body, BoxError, Problem, SendFuture};
+use crate::fingerprint::Fingerprint;
+use crate::gate::{Gate, hex};
+use crate::key::{KeyError, RequestView};
+use crate::layer::body::Reserved;
+use crate::layer::report::Facts;
+use crate::metrics::Outcome;
+use crate::replay::{self, Captured};
+use crate::route::Route;
+use crate::scope;
+use crate::store::{Claim, ClaimOutcome, Completed, RecordId, StoreError, now_ms};
+use crate::upstream::strip_hop_by_hop;
+use crate::waiters::Backoff;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+
+#[derive(Clone)]
+pub struct StageLayer {
+    gate: Arc<Gate>,
+}
+
+impl StageLayer {
+    pub fn new(gate: Arc<Gate>) -> StageLayer {
+        StageLayer { gate }
+    }
+}
+
+impl<S> Layer<S> for StageLayer {
+    type Service = Stage<S>;
+    fn layer(&self, app: S) -> Stage<S> {
+        Stage { gate: self.gate.clone(), app }
+    }
+}
+
+/// The stage around `app`: the service that does the work a key stands for.
+#[derive(Clone)]
+pub struct Stage<S> {
+    gate: Arc<Gate>,
+    app: S,
+}
+
+impl<S, RB> Service<Request<Bytes>> for Stage<S>
+where
+    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    RB: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Problem;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Problem>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let stage = Stage { gate: self.gate.clone(), app: self.app.clone() };
+        Box::pin(stage.run(req))
+    }
+}
+
+/// What an owned key's exchange works with.
+struct Exchange {
+    route: Arc<Route>,
+    lease: Lease,
+    fingerprint: Option<Fingerprint>,
+}
+
+impl<S, RB> Stage<S>
+where
+    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    RB: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    async fn run(self, req: Request<Bytes>) -> Result<Response<Body>, Problem> {
+        let (mut parts, body) = req.into_parts();
+        let route = parts.extensions.get::<Arc<Route>>().cloned().ok_or(Problem::Internal("no route".into()))?;
+        let facts = parts.extensions.get::<Facts>().cloned();
+        let note = |f: &dyn Fn(&Facts)| facts.iter().for_each(f);
+        let Some(id) = identify(&route, &parts, &body)? else {
+            note(&|f| f.outcome(Outcome::passthrough));
+            self.gate.routes().strip_forged_keys(&mut parts.headers);
+            let response = self.call_app(Request::from_parts(parts, replay::full(body))).await?;
+            return Ok(replay::stream(response));
+        };
+        note(&|f| f.key(&id.key));
+        let fingerprint = fingerprint(&route, &parts, &body)?;
+        let deadline = Instant::now() + route.policy.wait_timeout.0;
+        let mut backoff = Backoff::default();
+        loop {
+            // Subscribed before the claim, so a wake between the claim and the wait is not lost.
+            let waiting = (route.policy.concurrent == Concurrent::Wait).then(|| self.gate.waiters.subscribe(&id));
+            let claimed = self.claim(&route, &id, fingerprint).instrument(tracing::debug_span!("claim")).await?;
+            match claimed {
+                Claimed::Replay(done) => {
+                    note(&|f| f.outcome(Outcome::replayed));
+                    return Ok(replay::replay(&done.response));
+                }
+                Claimed::Mismatch => return Err(Problem::Mismatch),
+                Claimed::InFlight { expires_ms } => {
+                    let Some(waiting) = waiting else {
+                        return Err(Problem::in_flight(expires_ms, now_ms()));
+                    };
+                    if !self.gate.waiters.wait(waiting, deadline, expires_ms, &mut backoff).await {
+                        return Err(Problem::in_flight(expires_ms, now_ms()));
+                    }
+                }
+                Claimed::Owned(lease) => {
+                    drop(waiting);
+                    note(&|f| f.outcome(Outcome::forwarded));
+                    if lease.took_over {
+                        note(&|f| f.took_over());
+                    }
+                    let exchange = Exchange { route, lease: *lease, fingerprint };
+                    let task = self.clone().exchange(exchange, parts, body).in_current_span();
+                    return self
+                        .gate
+                        .exchanges
+                        .spawn(task)
+                        .await
+                        .unwrap_or_else(|e| Err(Problem::Internal(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Stage `claim`: the cache, then the store; the pure [`decide`] turns what was found into
+    /// what to do, and an owned key becomes a [`Lease`].
+    async fn claim(&self, route: &Route, id: &RecordId, fingerprint: Option<Fingerprint>) -> Result<Claimed, Problem> {
+        let gate = &self.gate;
+        let claimed_ms = now_ms();
+        let claim = Claim {
+            id: id.clone(),
+            token: gate.tokens.next(),
+            fingerprint,
+            now_ms: claimed_ms,
+            lease_ms: route.policy.lease.0.as_millis() as i64,
+        };
+        let started = Instant::now();
+        let (token, took_over) = match decide(gate.records.claim(claim).await?, fingerprint) {
+            Decision::Replay(done) => return Ok(Claimed::Replay(done)),
+            Decision::Mismatch => return Ok(Claimed::Mismatch),
+            Decision::InFlight { expires_ms } => return Ok(Claimed::InFlight { expires_ms }),
+            Decision::Forward { token, took_over } => (token, took_over),
+        };
+        let held = gate.waiters.hold(id);
+        let lease = Lease::new(gate.records.clone(), id.clone(), token, claimed_ms, took_over, held);
+        if let Some(legacy) = self.legacy(route, id, fingerprint).await? {
+            // Completed by an older idemgate for this client: the claim is not needed.
+            lease.release().await;
+            return Ok(legacy);
+        }
+        self.check_lease_left(route, lease, started.elapsed()).await.map(|lease| Claimed::Owned(Box::new(lease)))
+    }
+
+    /// A credentialed request's key first seen in its own scope may have been completed by an
+    /// idemgate from before credential scopes, in the shared scope ([`crate::scope`]).
+    async fn legacy(
+        &self,
+        route: &Route,
+        id: &RecordId,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Option<Claimed>, Problem> {
+        let now = now_ms();
+        let legacy = &self.gate.legacy;
+        if !scope::is_credential_scope(&id.scope) || !legacy.may_hold(now, route.policy.ttl.0.as_millis() as i64) {
+            return Ok(None);
+        }
+        let Some(done) = legacy.find(&self.gate.records, id, now).await? else { return Ok(None) };
+        Ok(Some(match decide(ClaimOutcome::Completed(done), fingerprint) {
+            Decision::Replay(done) => Claimed::Replay(done),
+            _ => Claimed::Mismatch,
+        }))
+    }
+
+    /// A claim's lease runs from the time it was asked for, so a claim that waited long for the
+    /// store (a lock, a stalled disk) holds the key for less. Forwarded, the app could outlast it
+    /// and a duplicate would be forwarded beside it: unless the lease left covers
+    /// `upstream.timeout`, the claim is given back and the request answered 503 instead.
+    async fn check_lease_left(&self, route: &Route, lease: Lease, waited: Duration) -> Result<Lease, Problem> {
+        let full = route.policy.lease.0;
+        if waited + self.gate.upstream_timeout < full {
+            return Ok(lease);
+        }
+        lease.release().await;
+        Err(Problem::Store(StoreError::Unavailable(format!(
+            "the claim took {waited:?} to be recorded, which leaves less of its {full:?} lease than upstream.timeout"
+        ))))
+    }
+
+    /// Stages `forward`, `capture` and `commit` for an owned key.
+    async fn exchange(self, exchange: Exchange, parts: Parts, body: Bytes) -> Result<Response<Body>, Problem> {
+        let metrics = &self.gate.metrics;
+        metrics.inflight_claims.inc();
+        let captured =
+            self.forward_and_capture(&exchange, parts, body).instrument(tracing::debug_span!("forward")).await;
+        let answer = self.commit(exchange, captured).instrument(tracing::debug_span!("commit")).await;
+        metrics.inflight_claims.dec();
+        answer
+    }
+
+    /// Stage `forward` then `capture`: the app's response with its body read up to the limit.
+    async fn forward_and_capture(
+        &self,
+        exchange: &Exchange,
+        mut parts: Parts,
+        body: Bytes,
+    ) -> Result<Captured<RB>, Problem> {
+        let route = &exchange.route;
+        let memory = parts.extensions.remove::<Reserved>();
+        // Before the key goes in: a client's `Connection: x-idempotency-key` must not strip the
+        // key the app relies on. Visible ASCII (checked in `identify`), so a valid value.
+        strip_hop_by_hop(&mut parts.headers);
+        let key = HeaderValue::from_str(&exchange.lease.id.key).map_err(|_| KeyError::NotVisible("key".into()))?;
+        parts.headers.insert(route.forward_key_header.clone(), key);
+        let start = Instant::now();
+        let deadline = start + self.gate.upstream_timeout;
+        let response = self.call_app(Request::from_parts(parts, replay::full(body))).await;
+        self.gate.metrics.upstream_seconds.observe(start.elapsed().as_secs_f64());
+        // The request body has gone to the app: its bytes are free for the response.
+        drop(memory);
+        let memory = self.gate.budget.reservation();
+        let timeout = self.gate.upstream_timeout;
+        replay::capture(response?, route.policy.max_response_body.0, deadline, timeout, memory).await
+    }
+
+    fn call_app(&self, req: Request<Body>) -> Pin<Box<dyn Future<Output = Result<Response<RB>, Problem>> + Send>> {
+        let timeout = self.gate.upstream_timeout;
+        // Boxed outside the async block: there the compiler proves `S::Future: Send` from the bound.
+        let call: SendFuture<Result<Response<RB>, S::Error>> = Box::pin(self.app.clone().oneshot(req));
+        Box::pin(async move { call.await.map_err(|e| Problem::from_app(e.into(), timeout)) })
+    }
+
+    /// Stage `commit`: a status in `store_status` completes the key, durably, before the response
+    /// leaves; anything else (no response at all included) releases it for the next delivery.
+    async fn commit(
+        &self,
+        exchange: Exchange,
+        captured: Result<Captured<RB>, Problem>,
+    ) -> Result<Response<Body>, Problem> {
+        let Exchange { route, mut lease, fingerprint } = exchange;
+        let captured = match captured {
+            Ok(c) if route.store_status.contains(c.status) => c,
+            other => {
+                lease.release().await;
+                return other.map(Captured::into_response);
+            }
+        };
+        let completed = Completed {
+            fingerprint,
+            response: captured.to_stored(),
+            // The record was created by the claim; the stores keep that time, and so must the cache.
+            created_ms: lease.claimed_ms,
+            expires_ms: now_ms().saturating_add(route.policy.ttl.0.as_millis() as i64),
+        };
+        let stored = match self.complete_within_lease(&route, &mut lease, completed).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                // The app did the work; a release would let the next delivery reach it at once.
+                lease.abandon();
+                return Err(e.into());
+            }
+        };
+        if !stored {
+            // Our lease ended and another request took the key (or an operator deleted it).
+            self.gate.metrics.lost_claims.inc();
+            tracing::warn!(route = %route.name, key = %lease.id.key, "the claim was lost before completion; the response is not stored");
+        }
+        Ok(captured.into_response())
+    }
+
+    /// Writes the completion, again and again with backoff while the store refuses it (a lock,
+    /// a brief outage) and the claim's lease still covers another try: the app has done its
+    /// work, and a 503 now would leave the key to be forwarded a second time once the lease ends.
+    async fn complete_within_lease(
+        &self,
+        route: &Route,
+        lease: &mut Lease,
+        completed: Completed,
+    ) -> Result<bool, StoreError> {
+        let lease_end_ms = lease.claimed_ms.saturating_add(route.policy.lease.0.as_millis() as i64);
+        let mut backoff = COMPLETE_RETRY_FIRST;
+        loop {
+            match lease.complete(completed.clone()).await {
+                Ok(stored) => return Ok(stored),
+                Err(e) if now_ms() + (backoff + COMPLETE_RETRY_MARGIN).as_millis() as i64 >= lease_end_ms => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.gate.metrics.completion_retries.inc();
+                    tracing::warn!(route = %route.name, key = %lease.id.key, error = %e, retry_in = ?backoff, "completion not stored; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(COMPLETE_RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Completion retries: the first after this, each later one twice as late, up to the max; none
+/// that could not finish (a store operation may take seconds) before the claim's lease ends.
+const COMPLETE_RETRY_FIRST: Duration = Duration::from_millis(25);
+const COMPLETE_RETRY_MAX: Duration = Duration::from_secs(1);
+const COMPLETE_RETRY_MARGIN: Duration = Duration::from_secs(6);
+
+/// Stage `identify`: the key and the scope. `None` when the key is missing and the route
+/// forwards such requests unprotected.
+fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordId>, Problem> {
+    let view = RequestView::new(&parts.headers, parts.uri.query(), body);
+    let key = match route.key.extract(&view, route.policy.max_key_length)? {
+        Some(key) => key,
+        None if route.policy.missing_key == MissingKey::Forward => return Ok(None),
+        None => return Err(KeyError::Missing(route.key.describe()).into()),
+    };
+    let scope = match &route.scope {
+        None if route.credentials_scoped => scope::of_credentials(&parts.headers),
+        None => scope::SHARED.to_string(),
+        Some(scope) => {
+            let value =
+                scope.extract_scope(&view, SCOPE_MAX)?.ok_or_else(|| Problem::MissingScope(scope.describe()))?;
+            // Scopes are often credentials (Authorization): only a digest is kept.
+            hex(&Sha256::digest(value.as_bytes()))
+        }
+    };
+    Ok(Some(RecordId { route: route.name.clone(), scope, key }))
+}
+
+/// Scope values are hashed, so their length costs nothing in the store; this only bounds work.
+const SCOPE_MAX: usize = 8192;
+
+/// Stage `fingerprint`.
+fn fingerprint(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Fingerprint>, Problem> {
+    let view = RequestView::new(&parts.headers, parts.uri.query(), body);
+    Ok(route.fingerprint.compute(&view)?)
+}

@@ -1,0 +1,152 @@
+//! Stage `body`: a matched request's body, read whole within the route's `max_body`,
+//! `server.body_read_timeout` and the memory budget, before anything looks at it.
+//!
+//! tower-http's `RequestBodyLimitLayer` (set to the whole budget, in [`crate::stack`]) refuses a
+//! body no route could take; this stage applies the route's own limit, reserves every byte in
+//! the budget (see [`crate::budget`]), and bounds the time of the whole body, not of each chunk:
+//! a body trickled a byte a second would pass a per-chunk timeout and hold its connection forever.
+//! The next stages get a `Request<Bytes>`, and the reservation in its extensions.
+
+use crate::budget::Reservation;
+use crate::error::{Body, BoxError, Problem};
+use crate::gate::Gate;
+use crate::route::Route;
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+/// Marks a response that came through the stages (the app's, a replay, or a stage's own), as
+/// opposed to one tower-http's body limit gave before them.
+#[derive(Clone, Copy, Debug)]
+pub struct Staged;
+
+/// The body's share of `server.max_buffered_bytes`, held until the body has gone to the app.
+#[derive(Clone)]
+pub struct Reserved(pub Arc<Reservation>);
+
+#[derive(Clone)]
+pub struct BodyLayer {
+    gate: Arc<Gate>,
+}
+
+impl BodyLayer {
+    pub fn new(gate: Arc<Gate>) -> BodyLayer {
+        BodyLayer { gate }
+    }
+}
+
+impl<S> Layer<S> for BodyLayer {
+    type Service = BodyService<S>;
+    fn layer(&self, inner: S) -> BodyService<S> {
+        BodyService { gate: self.gate.clone(), inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct BodyService<S> {
+    gate: Arc<Gate>,
+    inner: S,
+}
+
+impl<B, S> Service<Request<B>> for BodyService<S>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    S: Service<Request<Bytes>, Response = Response<Body>, Error = Problem> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = Problem;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Problem>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (gate, inner) = (self.gate.clone(), self.inner.clone());
+        Box::pin(async move {
+            let limit = req.extensions().get::<Arc<Route>>().map_or(0, |r| r.policy.max_body.0);
+            let (mut parts, body) = req.into_parts();
+            let mut memory = gate.budget.reservation();
+            let read = read_body(&parts, body, limit, gate.body_read_timeout, &mut memory).await;
+            if let Err(Problem::OverBudget(_)) = &read {
+                gate.budget.refused();
+            }
+            parts.extensions.insert(Reserved(Arc::new(memory)));
+            let mut response = inner.oneshot(Request::from_parts(parts, read?)).await?;
+            response.extensions_mut().insert(Staged);
+            Ok(response)
+        })
+    }
+}
+
+/// All of the body, within `limit` bytes and `within` time, every byte reserved in `memory`
+/// first. A declared length over the limit is refused unread.
+async fn read_body<B>(
+    parts: &http::request::Parts,
+    body: B,
+    limit: u64,
+    within: std::time::Duration,
+    memory: &mut Reservation,
+) -> Result<Bytes, Problem>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Problem::BodyTooLarge(limit));
+    }
+    let declared = declared.map_or(0, |n| n as usize);
+    tokio::time::timeout(within, collect_within(body, limit as usize, declared, memory))
+        .await
+        .map_err(|_| Problem::BodyTimeout(within))?
+}
+
+/// Reads `body` into one buffer (no second copy), growing the reservation chunk by chunk. Past
+/// the budget, the rest is read and dropped: the sender then gets its 503 (a refusal before the
+/// body is read would reach it as a broken connection, mid-upload).
+async fn collect_within<B>(body: B, limit: usize, declared: usize, memory: &mut Reservation) -> Result<Bytes, Problem>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut over = memory.grow_to(declared).err();
+    let mut buf = bytes::BytesMut::with_capacity(if over.is_some() { 0 } else { declared });
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(e.into(), limit))?;
+        let Ok(data) = frame.into_data() else { continue };
+        read += data.len();
+        if read > limit {
+            return Err(Problem::BodyTooLarge(limit as u64));
+        }
+        if over.is_none() {
+            over = memory.grow_to(read).err();
+        }
+        match over {
+            None => buf.extend_from_slice(&data),
+            Some(_) => buf.clear(),
+        }
+    }
+    match over {
+        Some(over) => Err(over.into()),
+        None => Ok(buf.freeze()),
+    }
+}
+
+fn body_error(e: BoxError, limit: usize) -> Problem {
+    if e.is::<http_body_util::LengthLimitError>() {
+        Problem::BodyTooLarge(limit as u64)
+    } else {
+        Problem::BodyUnreadable(e.to_string())
+    }
+}

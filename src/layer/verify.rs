@@ -1,0 +1,62 @@
+//! Stage `verify`: a request that does not carry its provider's signature claims nothing, so a
+//! forged delivery cannot occupy the key of a real one.
+
+use crate::error::Problem;
+use crate::route::Route;
+use crate::store::now_ms;
+use crate::verify::SignedRequest;
+use bytes::Bytes;
+use http::Request;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+#[derive(Clone, Copy, Default)]
+pub struct VerifyLayer;
+
+impl<S> Layer<S> for VerifyLayer {
+    type Service = VerifyService<S>;
+    fn layer(&self, inner: S) -> VerifyService<S> {
+        VerifyService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct VerifyService<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Bytes>> for VerifyService<S>
+where
+    S: Service<Request<Bytes>, Error = Problem>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Problem;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, Problem>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        match verify(&req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(problem) => Box::pin(std::future::ready(Err(problem))),
+        }
+    }
+}
+
+fn verify(req: &Request<Bytes>) -> Result<(), Problem> {
+    let Some(route) = req.extensions().get::<Arc<Route>>() else { return Ok(()) };
+    let Some(verifier) = &route.verifier else { return Ok(()) };
+    let signed = SignedRequest {
+        method: req.method(),
+        uri: req.uri(),
+        headers: req.headers(),
+        body: req.body(),
+        now_unix: now_ms() / 1000,
+    };
+    Ok(verifier.verify(&signed)?)
+}
