@@ -6,24 +6,31 @@
 //! the app; a duplicate of a key still in flight is refused (409) or waits for the first to end.
 //! Requests that match no route pass through untouched.
 //!
-//! # Stages, in the order a request meets them
+//! # The request path
+//! [`stack`] composes it as one `tower::ServiceBuilder` chain; `docs/architecture.md` draws it.
+//!
 //! | stage | where | what |
 //! |---|---|---|
-//! | route | [`route`] | normalize the path, first matching route wins |
-//! | verify | [`verify`] | the provider's signature, before anything is claimed (401 if wrong) |
-//! | identify | [`key`] | the idempotency key and scope from header, JSON, query or form |
-//! | fingerprint | [`fingerprint`] | a digest of the payload, to refuse reuse with another payload |
-//! | claim | [`pipeline`], [`decide`], [`store`] | cache, then one atomic store claim; replay, 409/wait, 422 or forward |
-//! | forward | [`upstream`] | the pooled client to the app, with the key in `forward_key_header` |
-//! | capture | [`replay`] | the response, its body kept up to `max_response_body` |
-//! | commit | [`pipeline`], [`store`] | complete (synced to disk) or release |
+//! | catch-panic, request id, sensitive headers | [`stack`] (tower-http) | a bug answers 500; `x-request-id`; credentials never logged |
+//! | trace | [`layer::report`] | the request's span, its one log line, its metrics |
+//! | route | [`layer::route`], [`route`] | framing checks, normalize the path, first matching route wins |
+//! | body | [`layer::body`], [`budget`] | the route's `max_body`, the body deadline, the memory budget |
+//! | verify | [`layer::verify`], [`verify`] | the provider's signature, before anything is claimed (401 if wrong) |
+//! | identify, fingerprint | [`idempotency::stage`], [`key`], [`fingerprint`] | the key, its scope ([`scope`]), the payload digest |
+//! | claim | [`idempotency::stage`], [`decide`], [`store`] | cache, then one atomic claim: replay, 409/wait, 422, or a [`idempotency::Lease`] |
+//! | forward | [`upstream`] | the app client: timeout, concurrency limit, load shedding |
+//! | capture, commit | [`replay`], [`idempotency::Lease`] | the response, stored durably (or the key released) |
 //! | respond | [`replay`], [`error`] | the app's response, a replay, or problem+json |
+//!
+//! [`IdempotencyLayer`] is the route-to-commit part as one tower layer: the sidecar puts it in
+//! front of its app client, and a Rust service can put it in front of its own handlers.
 //!
 //! # Modules
 //! [`preset`] holds what each provider's route needs; [`config`] parses and validates the YAML; [`server`] owns listeners, limits and the drain;
 //! [`admin`] serves health, readiness, metrics and key administration; [`metrics`] and
 //! [`telemetry`] say what happened. [`store`] holds the backends: SQLite for one pod,
 //! PostgreSQL or Redis shared by several replicas, behind one trait and one behavioural suite.
+//! [`gate`] is the state every request shares.
 
 pub mod admin;
 pub mod budget;

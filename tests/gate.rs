@@ -111,7 +111,8 @@ async fn a_409_says_to_retry_when_the_holders_lease_ends() {
 #[tokio::test]
 async fn waiters_are_woken_by_the_first_answer_and_leave_nothing_behind() {
     let app = TestApp::start().await;
-    let route = "defaults: { concurrent: wait, wait_timeout: 20s }\n".to_string() + HEADER_ROUTE;
+    // The app holds the first request for as long as the test needs, loaded machine or not.
+    let route = "upstream_timeout: 30s\ndefaults: { concurrent: wait, wait_timeout: 20s }\n".to_string() + HEADER_ROUTE;
     let proxy = Arc::new(TestProxy::start(&app, &route).await);
     app.hold("one");
     let first = spawn_post(&proxy, &[("idempotency-key", "one")], "");

@@ -95,3 +95,40 @@ impl Drop for Lease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::{Claim, ClaimOutcome, CompletedCache, SqliteStore, now_ms};
+    use crate::waiters::Waiters;
+
+    async fn records(dir: &tempfile::TempDir) -> Records {
+        let store = Arc::new(SqliteStore::open(&dir.path().join("lease.db")).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        Records::new(store, CompletedCache::new(1 << 20, metrics.cache_evictions.clone()), metrics)
+    }
+
+    async fn claim(records: &Records, token: u64) -> ClaimOutcome {
+        let id = RecordId { route: "r".into(), scope: String::new(), key: "k".into() };
+        records.claim(Claim { id, token, fingerprint: None, now_ms: now_ms(), lease_ms: 60_000 }).await.unwrap()
+    }
+
+    /// A request future dropped while it owns a key (cancelled, or unwound by a panic) gives the
+    /// key back: the next claim owns it, long before the 60 s lease would have run out.
+    #[tokio::test]
+    async fn a_lease_dropped_unended_releases_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (records, waiters) = (records(&dir).await, Waiters::default());
+        let ClaimOutcome::Claimed { token, .. } = claim(&records, 1).await else { panic!("first claim") };
+        let id = RecordId { route: "r".into(), scope: String::new(), key: "k".into() };
+        let lease = Lease::new(records.clone(), id.clone(), token, now_ms(), false, waiters.hold(&id));
+        assert!(matches!(claim(&records, 2).await, ClaimOutcome::InFlight { .. }));
+        drop(lease);
+        // The release runs on a task of its own; the waiters' entry goes with it.
+        while !waiters.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(claim(&records, 3).await, ClaimOutcome::Claimed { .. }));
+    }
+}

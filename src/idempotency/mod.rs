@@ -6,25 +6,46 @@
 //! go straight to the service), `body` (the route's `max_body`, the memory budget), `verify`
 //! (the provider's signature), and the [`stage`] (identify, claim, forward, capture, commit).
 //!
-//! ```no_run
-//! use axum::{Router, routing::post};
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use tower::{Layer, ServiceExt};
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let idempotency = idemgate::IdempotencyLayer::from_yaml(
-//!     "store: { sqlite: { path: /tmp/orders.db } }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let layer = idemgate::IdempotencyLayer::from_yaml(&format!(
+//!     "store: {{ sqlite: {{ path: {} }} }}
 //! routes:
 //!   - name: orders
-//!     match: { path: /orders, methods: [POST] }
-//!     key: { header: Idempotency-Key }
+//!     match: {{ path: /orders, methods: [POST] }}
+//!     key: {{ header: Idempotency-Key }}
 //! ",
-//! )
-//! .await?;
-//! let app = Router::new().route("/orders", post(|| async { "created" })).layer(idempotency);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
-//! axum::serve(listener, app).await?;
-//! # Ok(())
-//! # }
+//!     dir.path().join("idemgate.db").display()
+//! ))
+//! .await
+//! .unwrap();
+//!
+//! // The service counts its calls: a replayed duplicate never reaches it.
+//! static CALLS: AtomicU64 = AtomicU64::new(0);
+//! let orders = layer.layer(tower::service_fn(|_req: Request<idemgate::error::Body>| async {
+//!     let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(format!("order {n}")))))
+//! }));
+//! let order = || Request::post("/orders").header("host", "shop").header("idempotency-key", "k1").body(Full::new(Bytes::new())).unwrap();
+//!
+//! let first = orders.clone().oneshot(order()).await.unwrap();
+//! assert_eq!(first.into_body().collect().await.unwrap().to_bytes(), "order 1");
+//! let again = orders.clone().oneshot(order()).await.unwrap();
+//! assert_eq!(again.headers()["idempotent-replayed"], "true");
+//! assert_eq!(again.into_body().collect().await.unwrap().to_bytes(), "order 1");
+//! assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+//! # });
 //! ```
+//!
+//! With axum, `Router::new().route("/orders", post(handler)).layer(layer)`: see
+//! `examples/embed_axum.rs`.
 
 mod lease;
 pub mod stage;

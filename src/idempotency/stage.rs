@@ -156,7 +156,34 @@ where
 
     /// Stage `claim`: the cache, then the store; the pure [`decide`] turns what was found into
     /// what to do, and an owned key becomes a [`Lease`].
-    async fn claim(&self, route: &Route, id: &RecordId, fingerprint: Option<Fingerprint>) -> Result<Claimed, Problem> {
+    async fn claim(
+        &self,
+        route: &Arc<Route>,
+        id: &RecordId,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Claimed, Problem> {
+        if let Some(done) = self.gate.records.cached(id, now_ms()) {
+            return Ok(match decide(ClaimOutcome::Completed(done), fingerprint) {
+                Decision::Replay(done) => Claimed::Replay(done),
+                _ => Claimed::Mismatch,
+            });
+        }
+        // On a task of its own: a sender that hangs up while the store records the claim drops
+        // this request, but not the claim, which still becomes a Lease; dropped unended, the
+        // Lease gives the key back. Awaited here, a dropped claim would hold the key for its
+        // whole lease with no one to forward it.
+        let (stage, route, id) = (self.clone(), route.clone(), id.clone());
+        tokio::spawn(async move { stage.claim_in_store(&route, &id, fingerprint).await })
+            .await
+            .unwrap_or_else(|e| Err(Problem::Internal(e.to_string())))
+    }
+
+    async fn claim_in_store(
+        &self,
+        route: &Route,
+        id: &RecordId,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Claimed, Problem> {
         let gate = &self.gate;
         let claimed_ms = now_ms();
         let claim = Claim {

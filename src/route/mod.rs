@@ -1,8 +1,8 @@
 //! Stage `route`: normalize the request path and find the first route that matches it.
 //!
-//! Matching happens on the normalized path ([`path`]) so that `/webhooks/%67ithub`,
+//! Matching happens on the normalized path (`path.rs`) so that `/webhooks/%67ithub`,
 //! `/Webhooks/GitHub/`, `/webhooks/github;x=1` and `/webhooks/./github` cannot slip past the github
-//! route as an unprotected pass-through; a route matches whole segments ([`matcher`]). The request
+//! route as an unprotected pass-through; a route matches whole segments (`matcher.rs`). The request
 //! itself is forwarded as it arrived.
 
 mod matcher;

@@ -48,12 +48,22 @@ pub async fn open(cfg: &crate::config::StoreConfig) -> Result<Arc<dyn Store>, St
 }
 
 /// A backend failure. The request gets 503 and nothing is forwarded.
+/// Every one is answered 503 with `Retry-After` ([`crate::error::Problem::Store`]); the kinds say
+/// to an operator what to look at.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// Locked by another process, or the writer's queue full: waiting longer may succeed.
+    #[error("store busy: {0}")]
+    Busy(String),
+    /// Cannot be reached or written (disk full, I/O error, network, a timeout).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Closed by a shutdown in progress.
     #[error("store is closed")]
     Closed,
+    /// The data itself is damaged: a person must look.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
 }
 
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
@@ -138,6 +148,14 @@ impl Records {
 
     pub fn backend(&self) -> &Arc<dyn Store> {
         &self.backend
+    }
+
+    /// The completed record of `id` if it is in memory (counted as a cache hit), else `None`
+    /// (not counted: a claim follows and counts the miss).
+    pub fn cached(&self, id: &RecordId, now_ms: i64) -> Option<Arc<Completed>> {
+        let hit = self.cache.get(id, now_ms)?;
+        self.metrics.cache_hits.inc();
+        Some(hit)
     }
 
     /// A completed key in memory is answered without touching the backend.

@@ -277,8 +277,13 @@ pub fn config_yaml(upstream: &str, db_path: &std::path::Path, body: &str) -> Str
     let admin = if has("admin:") { String::new() } else { "admin: { listen: 127.0.0.1:0 }\n".to_string() };
     let store =
         if has("store:") { String::new() } else { format!("store: {{ sqlite: {{ path: {} }} }}\n", db_path.display()) };
+    // `upstream_timeout: 10s` as the body's first line sets the app's timeout (2s unless given).
+    let (timeout, body) = match body.strip_prefix("upstream_timeout: ") {
+        Some(rest) => rest.split_once('\n').unwrap_or((rest, "")),
+        None => ("2s", body),
+    };
     format!(
-        "listen: 127.0.0.1:0\n{admin}log: {{ level: warn }}\nupstream: {{ url: {upstream}, timeout: 2s }}\n{store}{body}"
+        "listen: 127.0.0.1:0\n{admin}log: {{ level: warn }}\nupstream: {{ url: {upstream}, timeout: {timeout} }}\n{store}{body}"
     )
 }
 

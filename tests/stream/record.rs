@@ -80,9 +80,17 @@ impl Reply {
     }
 
     /// The end-to-end headers a replay must repeat: without the framing and date that each
-    /// hop sets for itself, and without the replay marker.
+    /// hop sets for itself, the replay marker, and the request's own id (each delivery has one).
     pub fn stored_headers(&self) -> Vec<(String, Vec<u8>)> {
-        let skip = ["content-length", "date", "idempotent-replayed", "connection", "keep-alive", "transfer-encoding"];
+        let skip = [
+            "content-length",
+            "date",
+            "idempotent-replayed",
+            "x-request-id",
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+        ];
         let nominated: Vec<String> = self
             .headers
             .get_all("connection")

@@ -154,5 +154,10 @@ fn apply_all(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Outcom
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked) => StoreError::Busy(e.to_string()),
+        Some(DatabaseCorrupt | NotADatabase) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
 }
