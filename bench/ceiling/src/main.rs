@@ -50,8 +50,16 @@ const ROUTE: &str = "bench";
 const LEASE_MS: i64 = 60_000;
 const TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 const MAX_BATCH: usize = 256;
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// A stored response, shared by every replay of its key.
 struct Stored {
@@ -112,7 +120,11 @@ impl App {
         rx.await.map_err(|_| "writer gone".to_string())?
     }
 
-    async fn forward(&self, parts: http::request::Parts, body: Bytes) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+    async fn forward(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = parts.method;
@@ -126,12 +138,17 @@ impl App {
             .map_err(|_| "upstream timeout".to_string())?
             .map_err(|e| e.to_string())?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        let mut headers = parts.headers;
-        for h in HOP_BY_HOP {
-            headers.remove(h);
+        // Copies that own their bytes: hyper's parsed headers and body are slices of its read
+        // buffer, which a stored record would otherwise keep alive (kilobytes per key).
+        let body = Bytes::copy_from_slice(&body.collect().await.map_err(|e| e.to_string())?.to_bytes());
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            if name != header::CONTENT_LENGTH && !HOP_BY_HOP.contains(&name.as_str()) {
+                let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                headers
+                    .append(HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone()), value);
+            }
         }
-        headers.remove(header::CONTENT_LENGTH);
         Ok((parts.status, headers, body))
     }
 
@@ -268,7 +285,9 @@ fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<Found> {
                 return Ok(Found::Claimed);
             }
             let row = tx
-                .prepare_cached("SELECT state, status, headers, body FROM records WHERE route=?1 AND scope='' AND key=?2")?
+                .prepare_cached(
+                    "SELECT state, status, headers, body FROM records WHERE route=?1 AND scope='' AND key=?2",
+                )?
                 .query_row(params![ROUTE, key], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
             Ok(match row {
