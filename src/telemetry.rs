@@ -15,12 +15,19 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Target of the span events (`replay`) that belong in traces, not in the log.
 pub const SPAN_EVENTS: &str = "idemgate::span_events";
 
-/// Keeps the exporter alive; [`Telemetry::shutdown`] flushes the spans not yet sent.
+/// Keeps the log writer and the exporter alive; [`Telemetry::shutdown`] (or dropping it) flushes
+/// the log lines and spans not yet written.
 #[must_use]
 pub struct Telemetry {
+    /// The thread that writes log lines to stdout; flushed when dropped.
+    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
     #[cfg(feature = "otel")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
+
+/// Log lines waiting for the writer thread at most; past it a request waits for the writer
+/// (nothing is dropped: a missing request line is worse than a slow one).
+const LOG_QUEUE_LINES: usize = 64 * 1024;
 
 impl Telemetry {
     pub fn shutdown(self) {
@@ -39,7 +46,14 @@ pub fn init(cfg: &LogConfig) -> Telemetry {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    // Written by a thread of its own: a request's log line is formatted on the request path but
+    // never waits for stdout (a slow terminal or log shipper), unless the queue is full.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(false)
+        .thread_name("idemgate-log")
+        .finish(std::io::stdout());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match cfg.format {
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).boxed(),
         LogFormat::Pretty => fmt.boxed(),
@@ -51,8 +65,9 @@ pub fn init(cfg: &LogConfig) -> Telemetry {
         (registry.with(layer), provider)
     };
     // A second init (tests start several proxies in one process) keeps the first subscriber.
-    let _ = registry.try_init();
+    let installed = registry.try_init().is_ok();
     Telemetry {
+        _writer: installed.then_some(guard),
         #[cfg(feature = "otel")]
         provider,
     }
