@@ -12,18 +12,12 @@ use crate::config::{self, Config, ConfigError};
 use crate::gate::Gate;
 use crate::metrics::{Metrics, ReloadLabel, ReloadResult};
 use crate::route::Router;
-use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::mpsc;
 
-/// Events closer together than this are one change: an editor or a ConfigMap update writes
-/// several entries, and reading the file between them could see it half-written.
-const SETTLE: Duration = Duration::from_millis(200);
-/// A directory that never stops changing is read after this long all the same.
-const MAX_SETTLE: Duration = Duration::from_secs(2);
+mod watch;
+pub use watch::{Watch, watch_file};
 
 /// What asked for the reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +49,8 @@ pub struct Reloader {
     /// The digest of the file as last loaded (applied or refused), so that an event that did not
     /// change it is no reload, and a refused file is not refused again on every event.
     last_seen: Mutex<Option<[u8; 32]>>,
+    /// What the file watch has seen, for tests and benchmarks: see [`Reloader::events_seen`].
+    watched: Arc<watch::Counts>,
 }
 
 impl Reloader {
@@ -66,7 +62,20 @@ impl Reloader {
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
     ) -> Reloader {
-        Reloader { path, started, gate, metrics, last_seen: Mutex::new(loaded) }
+        Reloader { path, started, gate, metrics, last_seen: Mutex::new(loaded), watched: Arc::default() }
+    }
+
+    /// Filesystem events the watch of [`watch_file`] has been handed, each a comparison of one
+    /// name. On Linux, writes to files kept open beside the config (the database and its WAL) are
+    /// none of them: the watch does not wake for them.
+    pub fn events_seen(&self) -> u64 {
+        self.watched.events()
+    }
+
+    /// Of [`Reloader::events_seen`], those about the config file or the symlink it is reached
+    /// through: each of these (after the burst settles) reads the file.
+    pub fn changes_seen(&self) -> u64 {
+        self.watched.changes()
     }
 
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
@@ -137,51 +146,4 @@ fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
         ("store", started.store != new.store),
     ];
     changed.into_iter().filter(|(_, differs)| *differs).map(|(name, _)| name).collect()
-}
-
-/// Watches the config file's directory and reloads on changes. The directory, not the file: an
-/// editor's save, a `mv` over the file and Kubernetes' swap of the `..data` symlink all replace
-/// the file, and a watch on the old file would see none of the later changes. The watch lasts as
-/// long as the returned watcher.
-pub fn watch_file(reloader: Arc<Reloader>) -> notify::Result<notify::RecommendedWatcher> {
-    let dir = watched_dir(&reloader.path);
-    let path = reloader.path.clone();
-    let (events, mut changes) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| event.paths.iter().any(|changed| concerns(&path, changed))) {
-            let _ = events.send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        while changes.recv().await.is_some() {
-            // Wait for the burst of events to settle before reading the file.
-            let settled = tokio::time::Instant::now() + MAX_SETTLE;
-            while let Ok(Some(())) =
-                tokio::time::timeout_at(settled.min(tokio::time::Instant::now() + SETTLE), changes.recv()).await
-            {
-            }
-            reloader.reload(Trigger::FileChanged);
-        }
-    });
-    Ok(watcher)
-}
-
-/// Whether a change of `changed` (an entry of the config's directory) can change the config: the
-/// file itself, or the first step of a relative symlink it is (Kubernetes' `..data`). Other files
-/// in the directory, a database beside the config say, are not worth reading the config for.
-fn concerns(config: &Path, changed: &Path) -> bool {
-    let Some(name) = changed.file_name() else { return false };
-    if config.file_name() == Some(name) {
-        return true;
-    }
-    let link = std::fs::read_link(config).unwrap_or_default();
-    link.is_relative() && link.components().next().is_some_and(|first| first.as_os_str() == name)
-}
-
-fn watched_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }

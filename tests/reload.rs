@@ -244,3 +244,68 @@ async fn changes_that_need_a_restart_are_reported_not_ignored() {
     assert!(protected(&client, "/hooks/b", "b").await, "the routes changed all the same");
     assert!(!dir.path().join("elsewhere.db").exists(), "the running store stays");
 }
+
+/// The database beside the config (the default layout of a container with one volume) writes on
+/// every request: the watch must not wake for those writes, and files written whole beside the
+/// config wake it but never reload it. Only the saves of the config are changes.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_beside_the_config_neither_wake_the_watch_nor_reload() {
+    use idemgate::reload::{digest, watch_file};
+    use std::io::Write;
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), &app.url(), ROUTE_A);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(&dir.path().join("idemgate.db").display().to_string()), "the database is beside it");
+    let config = idemgate::config::load(&file).unwrap();
+    let running = idemgate::server::start(config.clone()).await.unwrap();
+    let reloader = running.reloader(file.clone(), config, Some(digest(&text)));
+    // A log file kept open beside the config, from before the watch.
+    let mut log = std::fs::File::create(dir.path().join("idemgate.log")).unwrap();
+    let watch = watch_file(reloader.clone()).unwrap();
+    let client = TestClient::new(running.proxy_addr);
+    let admin = TestClient::new(running.admin_addr);
+    let applied = r#"idemgate_config_reloads_total{result="applied"}"#;
+    let reloads = |n: f64| {
+        let admin = admin.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
+            while admin.metric(applied).await != n {
+                assert!(tokio::time::Instant::now() < deadline, "no reload {n}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // The database's writes: a claim and a completion per new key, to files SQLite keeps open;
+    // and lines to the log.
+    for i in 0..500 {
+        assert_eq!(client.post("/hooks/a/x", &[("idempotency-key", &format!("k{i}"))], "{}").await.status, 200);
+        writeln!(log, "line {i}").unwrap();
+    }
+    assert!(std::fs::metadata(dir.path().join("idemgate.db-wal")).unwrap().len() > 0, "the database wrote");
+    // A save of the config: queued after every event the writes above could have caused.
+    replace(&file, &text.replace(ROUTE_A, ROUTES_A_AND_B));
+    reloads(1.0).await;
+    // Not once per write: the save's 4 events (the temporary file created, closed, moved away, the
+    // config moved in), and the 2 of each of the store's size counts (a connection of its own that
+    // opens and closes the WAL, at start and every 30 s).
+    assert!(reloader.events_seen() <= 8, "woke {} times for 500 requests", reloader.events_seen());
+    assert_eq!(reloader.changes_seen(), 1);
+
+    // Files written whole beside the config wake the watch (each ends with a close), but are no change.
+    let before = reloader.events_seen();
+    for i in 0..50 {
+        std::fs::write(dir.path().join("notes.txt"), format!("{i}")).unwrap();
+    }
+    replace(&file, &text);
+    reloads(2.0).await;
+    let woke = reloader.events_seen() - before;
+    assert!(woke > 4, "the notes woke it, besides the save's 4 events: {woke}");
+    assert_eq!(reloader.changes_seen(), 2, "only the saves were changes");
+    assert_eq!(admin.metric(r#"idemgate_config_reloads_total{result="refused"}"#).await, 0.0);
+    assert!(protected(&client, "/hooks/a", "a-after").await && !protected(&client, "/hooks/b", "b-gone").await);
+    drop(watch);
+    running.shutdown().await;
+}
