@@ -33,14 +33,30 @@
 //! transaction mode does not keep: set it on the role instead if wanted, e.g.
 //! `ALTER ROLE idemgate SET statement_timeout = '5s'`.)
 //!
-//! **pgbouncer (transaction pooling).** No statement is ever prepared by name: every one is sent
-//! with `query_typed` / `execute_typed` (Parse, Bind, Describe, Execute and Sync of the unnamed
-//! statement, with the parameter types given, in one round trip), and nothing relies on session
-//! state. The one multi-statement transaction, the migration at [`PostgresStore::open`], holds a
-//! transaction-level advisory lock (`pg_advisory_xact_lock`), which transaction pooling keeps. The
-//! only startup parameters sent are user, database, `client_encoding` and `application_name`
-//! (`idemgate` unless the url names another), which pgbouncer accepts. So idemgate works through pgbouncer in transaction (or statement,
-//! except for the migration) mode without `max_prepared_statements`.
+//! **Statements** are sent unnamed by default, or prepared once per pooled connection with
+//! `store.postgres.prepared_statements: true` (see [`sql`]). Each operation is one autocommitted
+//! statement in one round trip either way: a first-seen key costs two (its claim, its completion),
+//! a replay that misses the in-memory cache one (the claim that finds the completed record); no
+//! `BEGIN`/`COMMIT`, and no read after a write (the claim reads what it wrote, or what holds the
+//! key, in the same statement). Prepared, the first use of a statement on a connection costs one
+//! more round trip, once; every later one skips parsing and, once PostgreSQL settles on a generic
+//! plan, planning too. If the server reports that a prepared statement is missing, taken, or
+//! that its cached plan no longer fits the table, the connection is closed rather than pooled,
+//! and its statements with it.
+//!
+//! **pgbouncer (transaction pooling).** Unnamed statements (the default) leave nothing prepared on
+//! the server: every one is sent with `query_typed` / `execute_typed` (Parse, Bind, Describe,
+//! Execute and Sync of the unnamed statement, with the parameter types given, in one round trip),
+//! and nothing relies on session state. The one multi-statement transaction, the migration at
+//! [`PostgresStore::open`], holds a transaction-level advisory lock (`pg_advisory_xact_lock`),
+//! which transaction pooling keeps. The only startup parameters sent are user, database,
+//! `client_encoding` and `application_name` (`idemgate` unless the url names another), which
+//! pgbouncer accepts. So idemgate works through pgbouncer in transaction (or statement, except for
+//! the migration) mode without `max_prepared_statements`. Prepared statements need pgbouncer
+//! 1.21+ with `max_prepared_statements` set (it then tracks them per server connection); without
+//! it, a statement prepared on one server connection is missing on the next, or, worse, another
+//! client's statement of the same name (tokio-postgres names them `s0`, `s1`, ... in each process)
+//! runs in its place.
 //!
 //! **TLS.** libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` in the url ([`url`]), on
 //! rustls ([`tls`]): `verify-full` and `require` verify the server's chain and host name,
