@@ -1,6 +1,7 @@
 //! One behavioural suite for every store backend: SQLite always; PostgreSQL and Redis when
 //! `IDEMGATE_TEST_POSTGRES_URL` / `IDEMGATE_TEST_REDIS_URL` name a server (otherwise those runs
-//! say they were skipped). The same functions run unchanged against each.
+//! say they were skipped). The same functions run unchanged against each; PostgreSQL twice, with
+//! statements sent unnamed (the default) and prepared (`store.postgres.prepared_statements`).
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -45,15 +46,16 @@ async fn sqlite() -> Backend {
     Backend { name: "sqlite", store: Arc::new(store), run: run_id(), _dir: Some(dir) }
 }
 
-async fn postgres() -> Option<Backend> {
+async fn postgres(prepared_statements: bool) -> Option<Backend> {
     let Ok(url) = std::env::var("IDEMGATE_TEST_POSTGRES_URL") else {
         skipped("IDEMGATE_TEST_POSTGRES_URL not set");
         return None;
     };
-    let cfg = PostgresConfig { url, pool_size: 8, timeout: Dur(Duration::from_secs(5)) };
+    let cfg = PostgresConfig { url, pool_size: 8, timeout: Dur(Duration::from_secs(5)), prepared_statements };
     let store =
         PostgresStore::open(&cfg).await.expect("IDEMGATE_TEST_POSTGRES_URL is set but the server cannot be used");
-    Some(Backend { name: "postgres", store: Arc::new(store), run: run_id(), _dir: None })
+    let name = if prepared_statements { "postgres (prepared statements)" } else { "postgres" };
+    Some(Backend { name, store: Arc::new(store), run: run_id(), _dir: None })
 }
 
 async fn redis() -> Option<Backend> {
@@ -224,15 +226,20 @@ async fn routes_and_scopes_keep_records_apart(b: &Backend) {
 }
 
 async fn suite(b: Backend) {
-    one_owner_among_concurrent_claims(&b).await;
-    distinct_keys_are_all_claimed(&b).await;
-    the_token_fences_completion_and_release(&b).await;
-    a_released_key_is_claimed_again(&b).await;
-    an_ended_lease_is_taken_over_and_fences_the_old_owner(&b).await;
-    a_key_whose_ttl_ended_is_claimed_afresh(&b).await;
-    records_can_be_read_and_deleted(&b).await;
-    routes_and_scopes_keep_records_apart(&b).await;
+    suite_open(&b).await;
     b.store.close().await.unwrap();
+}
+
+/// The suite, leaving the store open.
+async fn suite_open(b: &Backend) {
+    one_owner_among_concurrent_claims(b).await;
+    distinct_keys_are_all_claimed(b).await;
+    the_token_fences_completion_and_release(b).await;
+    a_released_key_is_claimed_again(b).await;
+    an_ended_lease_is_taken_over_and_fences_the_old_owner(b).await;
+    a_key_whose_ttl_ended_is_claimed_afresh(b).await;
+    records_can_be_read_and_deleted(b).await;
+    routes_and_scopes_keep_records_apart(b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -242,8 +249,20 @@ async fn sqlite_keeps_the_store_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_keeps_the_store_contract() {
-    if let Some(b) = postgres().await {
+    if let Some(b) = postgres(false).await {
         suite(b).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_with_prepared_statements_keeps_the_store_contract() {
+    if let Some(b) = postgres(true).await {
+        // Twice over on the same pool: the second pass runs on connections whose statements are
+        // all prepared and cached already.
+        let again = Backend { name: b.name, store: b.store.clone(), run: run_id(), _dir: None };
+        suite_open(&b).await;
+        suite_open(&again).await;
+        b.store.close().await.unwrap();
     }
 }
 

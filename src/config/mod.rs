@@ -197,6 +197,14 @@ pub struct PostgresConfig {
     /// Each store operation must finish within this, or the request gets 503.
     #[serde(default = "default_store_timeout")]
     pub timeout: Dur,
+    /// Prepare each statement once per pooled connection (named, cached by the pool) and only
+    /// bind and execute it afterwards, instead of sending it unnamed, parsed and planned anew,
+    /// every time. Off by default: named statements are safe on a direct connection and through
+    /// pgbouncer 1.21+ with `max_prepared_statements` set, but not through pgbouncer in
+    /// transaction or statement mode without it (a statement prepared on one server connection
+    /// is missing, or is another statement, on the next).
+    #[serde(default)]
+    pub prepared_statements: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -73,7 +73,15 @@ impl Place {
             }
             Kind::Postgres(url) => {
                 let url = format!("{url}{}options=-c%20search_path%3D{}", separator(url), self.unique);
-                Arc::new(PostgresStore::open(&PostgresConfig { url, pool_size: 2, timeout: Dur(TIMEOUT) }).await?)
+                Arc::new(
+                    PostgresStore::open(&PostgresConfig {
+                        url,
+                        pool_size: 2,
+                        timeout: Dur(TIMEOUT),
+                        prepared_statements: false,
+                    })
+                    .await?,
+                )
             }
             Kind::Redis(url) => {
                 let key_prefix = format!("idemgate-{}-{case}:", self.unique);

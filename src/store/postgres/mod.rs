@@ -33,14 +33,30 @@
 //! transaction mode does not keep: set it on the role instead if wanted, e.g.
 //! `ALTER ROLE idemgate SET statement_timeout = '5s'`.)
 //!
-//! **pgbouncer (transaction pooling).** No statement is ever prepared by name: every one is sent
-//! with `query_typed` / `execute_typed` (Parse, Bind, Describe, Execute and Sync of the unnamed
-//! statement, with the parameter types given, in one round trip), and nothing relies on session
-//! state. The one multi-statement transaction, the migration at [`PostgresStore::open`], holds a
-//! transaction-level advisory lock (`pg_advisory_xact_lock`), which transaction pooling keeps. The
-//! only startup parameters sent are user, database, `client_encoding` and `application_name`
-//! (`idemgate` unless the url names another), which pgbouncer accepts. So idemgate works through pgbouncer in transaction (or statement,
-//! except for the migration) mode without `max_prepared_statements`.
+//! **Statements** are sent unnamed by default, or prepared once per pooled connection with
+//! `store.postgres.prepared_statements: true` (see [`sql`]). Each operation is one autocommitted
+//! statement in one round trip either way: a first-seen key costs two (its claim, its completion),
+//! a replay that misses the in-memory cache one (the claim that finds the completed record); no
+//! `BEGIN`/`COMMIT`, and no read after a write (the claim reads what it wrote, or what holds the
+//! key, in the same statement). Prepared, the first use of a statement on a connection costs one
+//! more round trip, once; every later one skips parsing and, once PostgreSQL settles on a generic
+//! plan, planning too. If the server reports that a prepared statement is missing, taken, or
+//! that its cached plan no longer fits the table, the connection is closed rather than pooled,
+//! and its statements with it.
+//!
+//! **pgbouncer (transaction pooling).** Unnamed statements (the default) leave nothing prepared on
+//! the server: every one is sent with `query_typed` / `execute_typed` (Parse, Bind, Describe,
+//! Execute and Sync of the unnamed statement, with the parameter types given, in one round trip),
+//! and nothing relies on session state. The one multi-statement transaction, the migration at
+//! [`PostgresStore::open`], holds a transaction-level advisory lock (`pg_advisory_xact_lock`),
+//! which transaction pooling keeps. The only startup parameters sent are user, database,
+//! `client_encoding` and `application_name` (`idemgate` unless the url names another), which
+//! pgbouncer accepts. So idemgate works through pgbouncer in transaction (or statement, except for
+//! the migration) mode without `max_prepared_statements`. Prepared statements need pgbouncer
+//! 1.21+ with `max_prepared_statements` set (it then tracks them per server connection); without
+//! it, a statement prepared on one server connection is missing on the next, or, worse, another
+//! client's statement of the same name (tokio-postgres names them `s0`, `s1`, ... in each process)
+//! runs in its place.
 //!
 //! **TLS.** libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` in the url ([`url`]), on
 //! rustls ([`tls`]): `verify-full` and `require` verify the server's chain and host name,
@@ -62,12 +78,11 @@ pub use url::{PostgresTls, SslMode, UrlError};
 
 use super::{Claim, ClaimOutcome, Completed, Record, RecordId, Store, StoreError, StoreFuture};
 use crate::config::PostgresConfig;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
-use sql::Failure;
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use sql::{Db, Failure};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio_postgres::Client;
 
 /// tokio-postgres' default keepalive idle time; replaced by [`KEEPALIVES_IDLE`] unless the url
 /// chose another.
@@ -81,6 +96,8 @@ type OpFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + 
 pub struct PostgresStore {
     pool: Pool,
     timeout: Duration,
+    /// `store.postgres.prepared_statements`: see [`sql`].
+    prepared: bool,
 }
 
 impl PostgresStore {
@@ -114,8 +131,8 @@ impl PostgresStore {
             .recycle_timeout(Some(timeout))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot build the PostgreSQL pool: {e}")))?;
-        let store = PostgresStore { pool, timeout };
-        let synchronous_commit = store.call(|c| Box::pin(sql::migrate(c))).await?;
+        let store = PostgresStore { pool, timeout, prepared: cfg.prepared_statements };
+        let synchronous_commit = store.call(|db| Box::pin(sql::migrate(db.client))).await?;
         if synchronous_commit == "off" {
             tracing::warn!(
                 "PostgreSQL synchronous_commit is off: a server crash can lose completed keys whose responses \
@@ -130,18 +147,23 @@ impl PostgresStore {
     fn call<T, F>(&self, op: F) -> StoreFuture<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut Client) -> OpFuture<'c, T> + Send + 'static,
+        F: for<'c> FnOnce(Db<'c>) -> OpFuture<'c, T> + Send + 'static,
     {
         let pool = self.pool.clone();
-        let timeout = self.timeout;
+        let (timeout, prepared) = (self.timeout, self.prepared);
         Box::pin(async move {
             let run = async {
                 let mut conn = Conn { obj: Some(pool.get().await.map_err(pool_error)?), keep: false };
-                let result = op(conn.client()).await;
+                let result = op(Db { client: conn.client(), prepared }).await;
                 conn.keep = match &result {
                     Ok(_) | Err(Failure::Store(_)) => true,
-                    // The server answered: the connection itself is fine.
-                    Err(Failure::Pg(e)) => e.as_db_error().is_some() && !conn.client().is_closed(),
+                    // The server answered: the connection itself is fine, unless its prepared
+                    // statements are what failed (they go with it).
+                    Err(Failure::Pg(e)) => {
+                        e.as_db_error().is_some()
+                            && !conn.client().is_closed()
+                            && !(prepared && e.code().is_some_and(sql::spoils_prepared))
+                    }
                 };
                 result.map_err(Failure::into_store_error)
             };
@@ -162,7 +184,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn client(&mut self) -> &mut Client {
+    fn client(&mut self) -> &mut ClientWrapper {
         self.obj.as_mut().expect("taken only on drop")
     }
 }
@@ -190,25 +212,25 @@ fn pool_error(e: PoolError) -> StoreError {
 
 impl Store for PostgresStore {
     fn claim(&self, claim: Claim) -> StoreFuture<ClaimOutcome> {
-        self.call(move |c| Box::pin(async move { sql::claim(c, &claim).await }))
+        self.call(move |db| Box::pin(async move { sql::claim(&db, &claim).await }))
     }
     fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool> {
-        self.call(move |c| Box::pin(async move { sql::complete(c, &id, token, &completed).await }))
+        self.call(move |db| Box::pin(async move { sql::complete(&db, &id, token, &completed).await }))
     }
     fn release(&self, id: RecordId, token: u64) -> StoreFuture<()> {
-        self.call(move |c| Box::pin(async move { sql::release(c, &id, token).await }))
+        self.call(move |db| Box::pin(async move { sql::release(&db, &id, token).await }))
     }
     fn get(&self, id: RecordId) -> StoreFuture<Option<Record>> {
-        self.call(move |c| Box::pin(async move { sql::get(c, &id).await }))
+        self.call(move |db| Box::pin(async move { sql::get(&db, &id).await }))
     }
     fn delete(&self, id: RecordId) -> StoreFuture<bool> {
-        self.call(move |c| Box::pin(async move { sql::delete(c, &id).await }))
+        self.call(move |db| Box::pin(async move { sql::delete(&db, &id).await }))
     }
     fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize> {
-        self.call(move |c| Box::pin(sql::sweep(c, now_ms, batch)))
+        self.call(move |db| Box::pin(async move { sql::sweep(&db, now_ms, batch).await }))
     }
     fn check_writable(&self) -> StoreFuture<()> {
-        self.call(|c| Box::pin(sql::check_writable(c)))
+        self.call(|db| Box::pin(async move { sql::check_writable(&db).await }))
     }
     /// Closes the pool: idle connections now, those in use when their operation ends. Every
     /// later operation answers [`StoreError::Closed`]. Nothing is queued, so nothing is lost.

@@ -1,13 +1,75 @@
-//! The schema and the statements, one function per operation. Every statement is sent unnamed
-//! with its parameter types (`query_typed` / `execute_typed`): one round trip, no prepared
-//! statement left on the server, so pgbouncer in transaction mode is fine.
+//! The schema and the statements, one function per operation, each statement autocommitted in
+//! one round trip. How a statement is sent is [`Db`]'s choice (`store.postgres.prepared_statements`):
+//!
+//! - unnamed (the default): Parse, Bind, Describe, Execute and Sync of the unnamed statement with
+//!   its parameter types (`query_typed` / `execute_typed`). The server parses, analyses and plans
+//!   it every time; no prepared statement is left on the server, so pgbouncer in transaction mode
+//!   is fine.
+//! - prepared: the first use on a pooled connection prepares it by name (Parse, Describe, Sync:
+//!   one more round trip, once per statement and connection; deadpool-postgres caches the
+//!   statement with the connection); every later use is Bind, Execute and Sync of that statement.
+//!   The server reuses the parse tree, and after five executions a generic plan, when it costs no
+//!   more than the custom ones. Safe on a direct connection, or through pgbouncer 1.21+ with
+//!   `max_prepared_statements`.
 
 use crate::store::record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
 use crate::store::{ABANDONED_CLAIM_RETENTION_MS, StoreError};
 use bytes::Bytes;
+use deadpool_postgres::ClientWrapper;
 use std::sync::Arc;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
+
+/// A statement and the types of its parameters, as both ways of sending it need them.
+pub(super) struct Sql {
+    pub(super) text: &'static str,
+    pub(super) types: &'static [Type],
+}
+
+/// A pooled connection and how statements are sent on it (see the module's documentation).
+pub(super) struct Db<'c> {
+    pub(super) client: &'c mut ClientWrapper,
+    pub(super) prepared: bool,
+}
+
+impl Db<'_> {
+    /// At most one row, as `query_typed_opt` / `query_opt`.
+    async fn query_opt(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Failure> {
+        if self.prepared {
+            let statement = self.client.prepare_typed_cached(sql.text, sql.types).await?;
+            Ok(self.client.query_opt(&statement, params).await?)
+        } else {
+            Ok(self.client.query_typed_opt(sql.text, &typed(sql, params)).await?)
+        }
+    }
+
+    /// The number of rows changed, as `execute_typed` / `execute`.
+    async fn execute(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Failure> {
+        if self.prepared {
+            let statement = self.client.prepare_typed_cached(sql.text, sql.types).await?;
+            Ok(self.client.execute(&statement, params).await?)
+        } else {
+            Ok(self.client.execute_typed(sql.text, &typed(sql, params)).await?)
+        }
+    }
+}
+
+/// Whether a server error means that the connection's prepared statements are no longer what its
+/// cache says: one dropped or never there (pgbouncer without `max_prepared_statements` switched
+/// server connections, or a `DISCARD ALL` ran), a name taken, or a cached plan whose result
+/// columns changed under it (the table altered). The connection is then closed rather than pooled,
+/// and its cache with it; the next one prepares afresh.
+pub(super) fn spoils_prepared(code: &tokio_postgres::error::SqlState) -> bool {
+    use tokio_postgres::error::SqlState;
+    [SqlState::INVALID_SQL_STATEMENT_NAME, SqlState::DUPLICATE_PSTATEMENT, SqlState::FEATURE_NOT_SUPPORTED]
+        .contains(code)
+}
+
+/// Each parameter with its type, for the unnamed statement.
+fn typed<'a>(sql: &Sql, params: &[&'a (dyn ToSql + Sync)]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    debug_assert_eq!(sql.types.len(), params.len(), "{}", sql.text);
+    params.iter().copied().zip(sql.types.iter().cloned()).collect()
+}
 
 /// Why an operation failed: the server or the connection, or something the store itself refuses.
 pub(super) enum Failure {
@@ -117,7 +179,8 @@ pub(super) async fn migrate(client: &mut Client) -> Result<String, Failure> {
 /// after the statement began (the `ON CONFLICT` arbiter sees it, the snapshot does not), or see a
 /// version that has since expired and been taken over by another claim: it then returns no row,
 /// and the claim is simply sent again, with a fresh snapshot.
-pub(super) const CLAIM: &str = "
+pub(super) const CLAIM: Sql = Sql {
+    text: "
 WITH taken AS (
     INSERT INTO idemgate_records (route, scope, key, state, token, fingerprint, created_ms, expires_ms)
     VALUES ($1, $2, $3, 0, $4, $5, $6, $7)
@@ -136,28 +199,23 @@ FROM taken
 UNION ALL
 SELECT NULL, state, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted
 FROM idemgate_records
-WHERE route = $1 AND scope = $2 AND key = $3 AND expires_ms > $6 AND NOT EXISTS (SELECT 1 FROM taken)";
+WHERE route = $1 AND scope = $2 AND key = $3 AND expires_ms > $6 AND NOT EXISTS (SELECT 1 FROM taken)",
+    types: &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::BYTEA, Type::INT8, Type::INT8],
+};
 
 /// Each attempt but the first follows a concurrent change of the same key; this many in a row
 /// does not happen in practice, and the operation's timeout bounds them anyway.
 const CLAIM_ATTEMPTS: usize = 16;
 
-pub(super) async fn claim(client: &Client, c: &Claim) -> Result<ClaimOutcome, Failure> {
+pub(super) async fn claim(db: &Db<'_>, c: &Claim) -> Result<ClaimOutcome, Failure> {
     let route: &str = &c.id.route;
     let token = c.token as i64;
     let fingerprint = c.fingerprint.as_ref().map(|f| &f[..]);
     let expires_ms = c.now_ms.saturating_add(c.lease_ms);
-    let params: [(&(dyn ToSql + Sync), Type); 7] = [
-        (&route, Type::TEXT),
-        (&c.id.scope, Type::TEXT),
-        (&c.id.key, Type::TEXT),
-        (&token, Type::INT8),
-        (&fingerprint, Type::BYTEA),
-        (&c.now_ms, Type::INT8),
-        (&expires_ms, Type::INT8),
-    ];
+    let params: [&(dyn ToSql + Sync); 7] =
+        [&route, &c.id.scope, &c.id.key, &token, &fingerprint, &c.now_ms, &expires_ms];
     for _ in 0..CLAIM_ATTEMPTS {
-        if let Some(row) = client.query_typed_opt(CLAIM, &params).await? {
+        if let Some(row) = db.query_opt(&CLAIM, &params).await? {
             return holder(&row, c.token);
         }
     }
@@ -196,58 +254,75 @@ fn holder(row: &Row, ours: u64) -> Result<ClaimOutcome, Failure> {
 }
 
 /// The claim token is the fence: only the claim that still owns the key, in flight, completes it.
-pub(super) async fn complete(client: &Client, id: &RecordId, token: u64, done: &Completed) -> Result<bool, Failure> {
+const COMPLETE: Sql = Sql {
+    text: "UPDATE idemgate_records
+           SET state = 1, status = $5, headers = $6, body = $7, body_omitted = $8, expires_ms = $9,
+               created_ms = $10, fingerprint = $11
+           WHERE route = $1 AND scope = $2 AND key = $3 AND token = $4 AND state = 0",
+    types: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT4,
+        Type::BYTEA,
+        Type::BYTEA,
+        Type::BOOL,
+        Type::INT8,
+        Type::INT8,
+        Type::BYTEA,
+    ],
+};
+
+pub(super) async fn complete(db: &Db<'_>, id: &RecordId, token: u64, done: &Completed) -> Result<bool, Failure> {
     let route: &str = &id.route;
     let token = token as i64;
     let status = i32::from(done.response.status);
     let headers = done.response.encode_headers();
     let body: &[u8] = &done.response.body;
     let fingerprint = done.fingerprint.as_ref().map(|f| &f[..]);
-    let changed = client
-        .execute_typed(
-            "UPDATE idemgate_records
-             SET state = 1, status = $5, headers = $6, body = $7, body_omitted = $8, expires_ms = $9,
-                 created_ms = $10, fingerprint = $11
-             WHERE route = $1 AND scope = $2 AND key = $3 AND token = $4 AND state = 0",
+    let changed = db
+        .execute(
+            &COMPLETE,
             &[
-                (&route, Type::TEXT),
-                (&id.scope, Type::TEXT),
-                (&id.key, Type::TEXT),
-                (&token, Type::INT8),
-                (&status, Type::INT4),
-                (&headers, Type::BYTEA),
-                (&body, Type::BYTEA),
-                (&done.response.body_omitted, Type::BOOL),
-                (&done.expires_ms, Type::INT8),
-                (&done.created_ms, Type::INT8),
-                (&fingerprint, Type::BYTEA),
+                &route,
+                &id.scope,
+                &id.key,
+                &token,
+                &status,
+                &headers,
+                &body,
+                &done.response.body_omitted,
+                &done.expires_ms,
+                &done.created_ms,
+                &fingerprint,
             ],
         )
         .await?;
     Ok(changed == 1)
 }
 
-pub(super) async fn release(client: &Client, id: &RecordId, token: u64) -> Result<(), Failure> {
+const RELEASE: Sql = Sql {
+    text: "DELETE FROM idemgate_records WHERE route = $1 AND scope = $2 AND key = $3 AND token = $4 AND state = 0",
+    types: &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8],
+};
+
+pub(super) async fn release(db: &Db<'_>, id: &RecordId, token: u64) -> Result<(), Failure> {
     let route: &str = &id.route;
     let token = token as i64;
-    client
-        .execute_typed(
-            "DELETE FROM idemgate_records WHERE route = $1 AND scope = $2 AND key = $3 AND token = $4 AND state = 0",
-            &[(&route, Type::TEXT), (&id.scope, Type::TEXT), (&id.key, Type::TEXT), (&token, Type::INT8)],
-        )
-        .await?;
+    db.execute(&RELEASE, &[&route, &id.scope, &id.key, &token]).await?;
     Ok(())
 }
 
-pub(super) async fn get(client: &Client, id: &RecordId) -> Result<Option<Record>, Failure> {
+const GET: Sql = Sql {
+    text: "SELECT state, status, created_ms, expires_ms FROM idemgate_records
+           WHERE route = $1 AND scope = $2 AND key = $3",
+    types: &[Type::TEXT, Type::TEXT, Type::TEXT],
+};
+
+pub(super) async fn get(db: &Db<'_>, id: &RecordId) -> Result<Option<Record>, Failure> {
     let route: &str = &id.route;
-    let row = client
-        .query_typed_opt(
-            "SELECT state, status, created_ms, expires_ms FROM idemgate_records
-             WHERE route = $1 AND scope = $2 AND key = $3",
-            &[(&route, Type::TEXT), (&id.scope, Type::TEXT), (&id.key, Type::TEXT)],
-        )
-        .await?;
+    let row = db.query_opt(&GET, &[&route, &id.scope, &id.key]).await?;
     let Some(row) = row else { return Ok(None) };
     let completed = row.try_get::<_, i16>(0)? != 0;
     let status = if completed { row.try_get::<_, Option<i32>>(1)? } else { None };
@@ -259,14 +334,14 @@ pub(super) async fn get(client: &Client, id: &RecordId) -> Result<Option<Record>
     }))
 }
 
-pub(super) async fn delete(client: &Client, id: &RecordId) -> Result<bool, Failure> {
+const DELETE: Sql = Sql {
+    text: "DELETE FROM idemgate_records WHERE route = $1 AND scope = $2 AND key = $3",
+    types: &[Type::TEXT, Type::TEXT, Type::TEXT],
+};
+
+pub(super) async fn delete(db: &Db<'_>, id: &RecordId) -> Result<bool, Failure> {
     let route: &str = &id.route;
-    let deleted = client
-        .execute_typed(
-            "DELETE FROM idemgate_records WHERE route = $1 AND scope = $2 AND key = $3",
-            &[(&route, Type::TEXT), (&id.scope, Type::TEXT), (&id.key, Type::TEXT)],
-        )
-        .await?;
+    let deleted = db.execute(&DELETE, &[&route, &id.scope, &id.key]).await?;
     Ok(deleted > 0)
 }
 
@@ -274,25 +349,27 @@ pub(super) async fn delete(client: &Client, id: &RecordId) -> Result<bool, Failu
 /// [`ABANDONED_CLAIM_RETENTION_MS`]). `SKIP LOCKED`: replicas sweeping at once take different
 /// rows, and a row a claim is taking over right now is left to that claim. The outer test is
 /// checked again on the row version that is finally deleted.
-pub(super) async fn sweep(client: &Client, now_ms: i64, batch: usize) -> Result<usize, Failure> {
+const SWEEP: Sql = Sql {
+    text: "DELETE FROM idemgate_records
+           WHERE ctid IN (SELECT ctid FROM idemgate_records
+                          WHERE expires_ms <= $1 AND (state = 1 OR expires_ms <= $2)
+                          LIMIT $3 FOR UPDATE SKIP LOCKED)
+             AND expires_ms <= $1 AND (state = 1 OR expires_ms <= $2)",
+    types: &[Type::INT8, Type::INT8, Type::INT8],
+};
+
+pub(super) async fn sweep(db: &Db<'_>, now_ms: i64, batch: usize) -> Result<usize, Failure> {
     let limit = i64::try_from(batch).unwrap_or(i64::MAX);
     let abandoned_before = now_ms.saturating_sub(ABANDONED_CLAIM_RETENTION_MS);
-    let deleted = client
-        .execute_typed(
-            "DELETE FROM idemgate_records
-             WHERE ctid IN (SELECT ctid FROM idemgate_records
-                            WHERE expires_ms <= $1 AND (state = 1 OR expires_ms <= $2)
-                            LIMIT $3 FOR UPDATE SKIP LOCKED)
-               AND expires_ms <= $1 AND (state = 1 OR expires_ms <= $2)",
-            &[(&now_ms, Type::INT8), (&abandoned_before, Type::INT8), (&limit, Type::INT8)],
-        )
-        .await?;
+    let deleted = db.execute(&SWEEP, &[&now_ms, &abandoned_before, &limit]).await?;
     Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
 }
 
 /// A write that changes nothing: it fails on a read-only server (a standby, or
 /// `default_transaction_read_only`), without the table, or without the privilege to write it.
-pub(super) async fn check_writable(client: &Client) -> Result<(), Failure> {
-    client.execute_typed("UPDATE idemgate_records SET state = state WHERE false", &[]).await?;
+const CHECK_WRITABLE: Sql = Sql { text: "UPDATE idemgate_records SET state = state WHERE false", types: &[] };
+
+pub(super) async fn check_writable(db: &Db<'_>) -> Result<(), Failure> {
+    db.execute(&CHECK_WRITABLE, &[]).await?;
     Ok(())
 }

@@ -39,11 +39,16 @@ fn random() -> u64 {
 }
 
 fn config(url: &str, timeout: Duration) -> PostgresConfig {
-    PostgresConfig { url: url.to_string(), pool_size: 16, timeout: Dur(timeout) }
+    PostgresConfig { url: url.to_string(), pool_size: 16, timeout: Dur(timeout), prepared_statements: false }
 }
 
 async fn open(url: &str) -> PostgresStore {
     PostgresStore::open(&config(url, Duration::from_secs(10))).await.expect("open the postgres store")
+}
+
+async fn open_prepared(url: &str) -> PostgresStore {
+    let cfg = PostgresConfig { prepared_statements: true, ..config(url, Duration::from_secs(10)) };
+    PostgresStore::open(&cfg).await.expect("open the postgres store")
 }
 
 /// A fresh id under a prefix no other test or run uses.
@@ -133,7 +138,8 @@ async fn count(url: &str, sql: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_of_one_key_across_two_replicas_yield_one_claimed() {
     let url = url_or_skip!();
-    let replicas = [open(&url).await, open(&url).await];
+    // One replica prepares its statements, the other does not (as during a rolling change).
+    let replicas = [open(&url).await, open_prepared(&url).await];
     let key = id("hooks", "", "contended");
     let now = now_ms();
     let base = random();
@@ -546,6 +552,18 @@ impl Drop for Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_recovers_by_itself_after_an_outage() {
     let url = url_or_skip!();
+    recovers_after_an_outage(&url, false).await;
+}
+
+/// With prepared statements, the connections that reconnect after the outage prepare theirs
+/// afresh: the statements of the lost ones died with them on the server, and so did their cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_recovers_by_itself_after_an_outage_with_prepared_statements() {
+    let url = url_or_skip!();
+    recovers_after_an_outage(&url, true).await;
+}
+
+async fn recovers_after_an_outage(url: &str, prepared_statements: bool) {
     let server: tokio_postgres::Config = url.parse().unwrap();
     let host = match &server.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(host) => host.clone(),
@@ -561,7 +579,8 @@ async fn the_pool_recovers_by_itself_after_an_outage() {
     let dbname = server.get_dbname().unwrap_or("test");
     let via_proxy = format!("postgres://{user}@{}/{dbname}", proxy.addr);
     let timeout = Duration::from_millis(700);
-    let store = PostgresStore::open(&config(&via_proxy, timeout)).await.expect("open through the proxy");
+    let cfg = PostgresConfig { prepared_statements, ..config(&via_proxy, timeout) };
+    let store = PostgresStore::open(&cfg).await.expect("open through the proxy");
     let key = id("hooks", "", "outage");
     let t0 = now_ms();
     let token = random();
