@@ -124,6 +124,7 @@ where
             match claimed {
                 Claimed::Replay(done) => {
                     note(&|f| f.outcome(Outcome::replayed));
+                    tracing::debug!(target: crate::telemetry::SPAN_EVENTS, "replay");
                     return Ok(replay::replay(&done.response));
                 }
                 Claimed::Mismatch => return Err(Problem::Mismatch),
