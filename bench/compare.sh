@@ -46,7 +46,7 @@ MODES=(new dup mix)
 TARGETS=(nginx ceiling idemgate)
 TTL_MS=$((7 * 24 * 3600 * 1000))
 
-IDG_BIN="$ROOT/target/release/idemgate"
+IDG_BIN="${BENCH_IDEMGATE_BIN:-$ROOT/target/release/idemgate}"
 UP_BIN="$ROOT/target/release/examples/bench_upstream"
 CEIL_BIN="$ROOT/bench/ceiling/target/release/idemgate-ceiling"
 LUA="$ROOT/bench/wrk/webhook.lua"

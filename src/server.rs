@@ -119,8 +119,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     });
     let admin_loop = {
-        let admin = admin.clone();
-        admin_accept_loop(admin_listener, admin_stopped, move |req| admin.clone().handle(req))
+        let admin = stack::admin(admin.clone());
+        admin_accept_loop(admin_listener, admin_stopped, move |req| {
+            let admin = admin.clone();
+            async move {
+                match admin.oneshot(req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        })
     };
     let proxy_loop = tokio::spawn(proxy_loop);
     let admin_loop = tokio::spawn(admin_loop);

@@ -25,8 +25,9 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
 
 /// The whole request path, as hyper serves it.
 pub type Proxy = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
@@ -41,7 +42,7 @@ pub fn proxy(gate: Arc<Gate>, app: Upstream) -> Proxy {
         // Outermost, so that a bug anywhere below answers 500 problem+json and the process lives.
         .layer(CatchPanicLayer::custom(|_panic| Problem::Internal("a request handler panicked".into()).into_response()))
         // Before the trace: the id is in the span, the log line, the app's request and the answer.
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
         .layer(PropagateRequestIdLayer::x_request_id())
         // Credentials are marked before anything could log or trace a header.
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION]))
@@ -65,4 +66,47 @@ pub fn upstream(client: AppClient, timeout: Duration, max_in_flight: usize) -> U
         .timeout(timeout)
         .service(client);
     BoxCloneSyncService::new(service)
+}
+
+/// The admin listener's service: health, readiness, metrics and keys, each answered within
+/// `ADMIN_TIMEOUT` however slow the store is (a probe that times out gets the pod restarted; a
+/// 503 only takes it out of the Service's endpoints).
+pub type AdminService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn admin(admin: Arc<crate::admin::Admin>) -> AdminService {
+    let service = ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(crate::replay::boxed))
+        .layer(CatchPanicLayer::custom(|_panic| Problem::Internal("an admin handler panicked".into()).into_response()))
+        .layer(TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, ADMIN_TIMEOUT))
+        .service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.handle(req).await) }
+        });
+    BoxCloneSyncService::new(service)
+}
+
+/// Request ids: a random prefix per process and a counter, 32 hex digits like a UUID's. Unique
+/// within the process and across restarts, without a random draw (a system call) per request.
+#[derive(Clone)]
+pub struct RequestIds {
+    prefix: u64,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        let prefix = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        RequestIds { prefix, next: Arc::default() }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{:016x}{n:016x}", self.prefix);
+        http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
 }

@@ -19,20 +19,25 @@ pub const SPAN_EVENTS: &str = "idemgate::span_events";
 /// the log lines and spans not yet written.
 #[must_use]
 pub struct Telemetry {
-    /// The thread that writes log lines to stdout; flushed when dropped.
-    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+    /// Log lines not yet on stdout; flushed at shutdown and when dropped.
+    logs: Option<LogBuffer>,
     #[cfg(feature = "otel")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
-/// Log lines waiting for the writer thread at most; past it a request waits for the writer
-/// (nothing is dropped: a missing request line is worse than a slow one).
-const LOG_QUEUE_LINES: usize = 64 * 1024;
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(logs) = &self.logs {
+            logs.write_out();
+        }
+    }
+}
 
 impl Telemetry {
-    pub fn shutdown(self) {
+    #[allow(unused_mut)]
+    pub fn shutdown(mut self) {
         #[cfg(feature = "otel")]
-        if let Some(Err(e)) = self.provider.map(|p| p.shutdown()) {
+        if let Some(Err(e)) = self.provider.take().map(|p| p.shutdown()) {
             tracing::warn!(error = %e, "flushing spans at exit failed");
         }
     }
@@ -46,14 +51,10 @@ pub fn init(cfg: &LogConfig) -> Telemetry {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    // Written by a thread of its own: a request's log line is formatted on the request path but
-    // never waits for stdout (a slow terminal or log shipper), unless the queue is full.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(false)
-        .thread_name("idemgate-log")
-        .finish(std::io::stdout());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Each line is appended to a buffer that a thread writes out every `LOG_FLUSH_EVERY`: a
+    // request neither waits for stdout (a slow terminal or log shipper) nor wakes a thread.
+    let writer = LogBuffer::start();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer.clone());
     let fmt = match cfg.format {
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).boxed(),
         LogFormat::Pretty => fmt.boxed(),
@@ -67,7 +68,7 @@ pub fn init(cfg: &LogConfig) -> Telemetry {
     // A second init (tests start several proxies in one process) keeps the first subscriber.
     let installed = registry.try_init().is_ok();
     Telemetry {
-        _writer: installed.then_some(guard),
+        logs: installed.then_some(writer),
         #[cfg(feature = "otel")]
         provider,
     }
@@ -125,5 +126,74 @@ mod otel {
         let targets = Targets::new().with_target("idemgate", tracing::Level::DEBUG);
         let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("idemgate")).with_filter(targets);
         (Some(Box::new(layer)), Some(provider))
+    }
+}
+
+/// How often buffered log lines are written to stdout.
+const LOG_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// Past this many buffered bytes the line that passes it writes the buffer out itself: the
+/// buffer stays bounded, and nothing is dropped (a missing request line is worse than a slow one).
+const LOG_BUFFER_MAX: usize = 1 << 20;
+
+/// Log lines on their way to stdout.
+#[derive(Clone)]
+pub struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn start() -> LogBuffer {
+        let buffer = LogBuffer(std::sync::Arc::default());
+        let flusher = std::sync::Arc::downgrade(&buffer.0);
+        // Ends with the last handle (the subscriber's, in a process's lifetime: never).
+        let _ = std::thread::Builder::new().name("idemgate-log".into()).spawn(move || {
+            while let Some(lines) = flusher.upgrade() {
+                drop(lines);
+                std::thread::sleep(LOG_FLUSH_EVERY);
+                if let Some(lines) = flusher.upgrade() {
+                    LogBuffer(lines).write_out();
+                }
+            }
+        });
+        buffer
+    }
+
+    /// Writes every buffered line to stdout, in order.
+    pub fn write_out(&self) {
+        // Held while writing, so that two flushes cannot reorder lines.
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.is_empty() {
+            return;
+        }
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&lines).and_then(|()| stdout.flush());
+        lines.clear();
+        if lines.capacity() > LOG_BUFFER_MAX {
+            lines.shrink_to(LOG_BUFFER_MAX);
+        }
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let full = {
+            let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            lines.extend_from_slice(bytes);
+            lines.len() > LOG_BUFFER_MAX
+        };
+        if full {
+            self.write_out();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
     }
 }

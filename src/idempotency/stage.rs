@@ -195,7 +195,7 @@ where
             lease_ms: route.policy.lease.0.as_millis() as i64,
         };
         let started = Instant::now();
-        let (token, took_over) = match decide(gate.records.claim(claim).await?, fingerprint) {
+        let (token, took_over) = match decide(gate.records.claim_in_store(claim).await?, fingerprint) {
             Decision::Replay(done) => return Ok(Claimed::Replay(done)),
             Decision::Mismatch => return Ok(Claimed::Mismatch),
             Decision::InFlight { expires_ms } => return Ok(Claimed::InFlight { expires_ms }),

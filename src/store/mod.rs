@@ -160,10 +160,14 @@ impl Records {
 
     /// A completed key in memory is answered without touching the backend.
     pub async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
-        if let Some(hit) = self.cache.get(&claim.id, claim.now_ms) {
-            self.metrics.cache_hits.inc();
+        if let Some(hit) = self.cached(&claim.id, claim.now_ms) {
             return Ok(ClaimOutcome::Completed(hit));
         }
+        self.claim_in_store(claim).await
+    }
+
+    /// A claim in the backend, for a key [`Records::cached`] just did not find in memory.
+    pub async fn claim_in_store(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
         self.metrics.cache_misses.inc();
         let id = claim.id.clone();
         let deletes = self.deletes.load(Ordering::Acquire);
