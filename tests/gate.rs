@@ -194,7 +194,9 @@ fn a_budget_smaller_than_a_routes_max_body_is_a_config_error() {
 async fn a_storm_of_large_deliveries_stays_within_the_memory_budget() {
     let app = TestApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let body = "server: { max_buffered_bytes: 16MiB }\ndefaults: { max_body: 1MiB }\n".to_string() + HEADER_ROUTE;
+    let body = "upstream_timeout: 30s\nserver: { max_buffered_bytes: 16MiB }\ndefaults: { max_body: 1MiB }\n"
+        .to_string()
+        + HEADER_ROUTE;
     let file = write_config(dir.path(), &app.url(), &body);
     let child = ChildProxy::spawn(&file);
     let pid = child.child.id();
@@ -214,7 +216,13 @@ async fn a_storm_of_large_deliveries_stays_within_the_memory_budget() {
             tokio::spawn(async move { client.post("/hooks/a", &[("idempotency-key", &key)], &big).await.status })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The storm is on once the budget has refused a delivery while held ones wait in the app.
+    let admin = common::TestClient::new(child.admin_addr);
+    let piled_up = common::eventually(Duration::from_secs(20), || async {
+        app.count("storm") >= 1 && admin.metric("idemgate_buffer_refusals_total").await >= 1.0
+    })
+    .await;
+    assert!(piled_up, "the storm never reached the budget");
     app.release("storm");
     let mut refused = 0;
     for send in sends {

@@ -54,15 +54,22 @@ impl StageLayer {
 impl<S> Layer<S> for StageLayer {
     type Service = Stage<S>;
     fn layer(&self, app: S) -> Stage<S> {
-        Stage { gate: self.gate.clone(), app }
+        Stage { gate: self.gate.clone(), app: Arc::new(app) }
     }
 }
 
-/// The stage around `app`: the service that does the work a key stands for.
-#[derive(Clone)]
+/// The stage around `app`: the service that does the work a key stands for. Shared: the stage is
+/// cloned for every request and every task, but `app` is cloned only to be called (a replay never
+/// clones it).
 pub struct Stage<S> {
     gate: Arc<Gate>,
-    app: S,
+    app: Arc<S>,
+}
+
+impl<S> Clone for Stage<S> {
+    fn clone(&self) -> Self {
+        Stage { gate: self.gate.clone(), app: self.app.clone() }
+    }
 }
 
 impl<S, RB> Service<Request<Bytes>> for Stage<S>
@@ -82,8 +89,7 @@ where
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let stage = Stage { gate: self.gate.clone(), app: self.app.clone() };
-        Box::pin(stage.run(req))
+        Box::pin(self.clone().run(req))
     }
 }
 
@@ -285,7 +291,7 @@ where
     fn call_app(&self, req: Request<Body>) -> Pin<Box<dyn Future<Output = Result<Response<RB>, Problem>> + Send>> {
         let timeout = self.gate.upstream_timeout;
         // Boxed outside the async block: there the compiler proves `S::Future: Send` from the bound.
-        let call: SendFuture<Result<Response<RB>, S::Error>> = Box::pin(self.app.clone().oneshot(req));
+        let call: SendFuture<Result<Response<RB>, S::Error>> = Box::pin(S::clone(&self.app).oneshot(req));
         Box::pin(async move { call.await.map_err(|e| Problem::from_app(e.into(), timeout)) })
     }
 
