@@ -8,19 +8,10 @@ use common::child::{ChildProxy, write_config};
 use common::{HEADER_ROUTE, TestApp, TestProxy, spawn_post};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
-        .await
-        .expect("the proxy must answer and close, not hang")
-        .ok();
-    String::from_utf8_lossy(&buf).into_owned()
-}
+use common::raw_exchange as raw;
 
 #[tokio::test]
 async fn a_client_cannot_hand_the_app_a_forged_key_header() {

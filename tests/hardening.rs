@@ -3,20 +3,10 @@
 mod common;
 
 use common::{HEADER_ROUTE, TestApp, TestProxy};
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Sends raw bytes and reads until the proxy closes the connection (bounded).
 async fn raw(proxy: &TestProxy, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(proxy.proxy_addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
-        .await
-        .expect("the proxy must answer and close, not hang")
-        .ok();
-    String::from_utf8_lossy(&buf).into_owned()
+    common::raw_exchange(proxy.proxy_addr, request).await
 }
 
 #[tokio::test]

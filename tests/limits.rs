@@ -49,7 +49,7 @@ async fn a_key_that_is_not_ascii_gets_400() {
     let app = TestApp::start().await;
     let proxy = TestProxy::start(&app, LIMITED).await;
     let raw = b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: caf\xc3\xa9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    let reply = raw_exchange(proxy.proxy_addr, raw).await;
+    let reply = common::raw_exchange(proxy.proxy_addr, raw).await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(app.total(), 0);
 }
@@ -69,7 +69,7 @@ async fn bodies_over_max_body_get_413() {
         "POST /hooks/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: chunked\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
          258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
     );
-    let reply = raw_exchange(proxy.proxy_addr, chunked.as_bytes()).await;
+    let reply = common::raw_exchange(proxy.proxy_addr, chunked.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
     assert_eq!(app.count("big") + app.count("chunked"), 0);
 }
@@ -116,7 +116,7 @@ async fn normalized_path_variants_hit_the_route_and_unsafe_paths_get_400() {
         assert_eq!(reply.assert_problem(400), "urn:idemgate:problem:missing-key", "{path} is protected");
     }
     for path in ["/webhooks%2fgithub", "/webhooks/%zzgithub", "/webhooks/github%", "/../webhooks/github"] {
-        let reply = raw_exchange(
+        let reply = common::raw_exchange(
             proxy.proxy_addr,
             format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
         )
@@ -179,14 +179,6 @@ async fn connections_over_max_connections_wait_for_a_free_slot() {
     assert!(early.is_err(), "the second connection must not be served while the first holds the slot");
     drop(first);
     assert!(read_some(&mut second).await.starts_with("HTTP/1.1 200"));
-}
-
-async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await.expect("answer").ok();
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 async fn read_some(stream: &mut TcpStream) -> String {

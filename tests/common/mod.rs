@@ -362,3 +362,17 @@ where
     }
     false
 }
+
+/// Sends `request` as raw bytes on a new connection and reads until the proxy closes it (10 s at
+/// most: a proxy that neither answers nor closes fails the test).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .expect("the proxy must answer and close, not hang")
+        .ok();
+    String::from_utf8_lossy(&buf).into_owned()
+}
