@@ -18,27 +18,43 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
 /// Routes requests between `protected` (the stages of a matched route) and `passthrough`.
-#[derive(Clone)]
+/// `passthrough` is shared: the service is cloned for every request, but the app client only
+/// for a request that goes to it unprotected.
 pub struct RouteService<P, U> {
     gate: Arc<Gate>,
     protected: P,
-    passthrough: U,
+    passthrough: Arc<U>,
+}
+
+impl<P: Clone, U> Clone for RouteService<P, U> {
+    fn clone(&self) -> Self {
+        RouteService {
+            gate: self.gate.clone(),
+            protected: self.protected.clone(),
+            passthrough: self.passthrough.clone(),
+        }
+    }
 }
 
 /// Builds [`RouteService`] around the protected stages, given where unmatched requests go.
-#[derive(Clone)]
 pub struct RouteLayer<U> {
     gate: Arc<Gate>,
-    passthrough: U,
+    passthrough: Arc<U>,
+}
+
+impl<U> Clone for RouteLayer<U> {
+    fn clone(&self) -> Self {
+        RouteLayer { gate: self.gate.clone(), passthrough: self.passthrough.clone() }
+    }
 }
 
 impl<U> RouteLayer<U> {
     pub fn new(gate: Arc<Gate>, passthrough: U) -> RouteLayer<U> {
-        RouteLayer { gate, passthrough }
+        RouteLayer { gate, passthrough: Arc::new(passthrough) }
     }
 }
 
-impl<P, U: Clone> Layer<P> for RouteLayer<U> {
+impl<P, U> Layer<P> for RouteLayer<U> {
     type Service = RouteService<P, U>;
     fn layer(&self, protected: P) -> RouteService<P, U> {
         RouteService { gate: self.gate.clone(), protected, passthrough: self.passthrough.clone() }
@@ -78,7 +94,7 @@ where
             Ok(RouteMatch::Unmatched) => {
                 let mut req = req.map(crate::replay::boxed);
                 routes.strip_forged_keys(req.headers_mut());
-                pass_through(self.passthrough.clone(), req, self.gate.upstream_timeout)
+                pass_through(U::clone(&self.passthrough), req, self.gate.upstream_timeout)
             }
             Ok(RouteMatch::Matched(route)) => {
                 facts.route(&route.name, route.index);
