@@ -127,10 +127,16 @@ pub(crate) struct Tokens {
 
 impl Default for Tokens {
     fn default() -> Self {
-        use std::hash::BuildHasher;
-        let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-        Tokens { seed, counter: Default::default() }
+        Tokens { seed: random_u64(), counter: Default::default() }
     }
+}
+
+/// A value no other process (nor this one, asked again) is likely to get: the random keys std
+/// draws for each hasher, without a dependency on a random number crate. For seeds and tokens,
+/// not for secrets.
+pub fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
 impl Tokens {

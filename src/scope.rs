@@ -66,7 +66,8 @@ impl LegacyScope {
     /// on the first writer's time).
     pub async fn load(records: &Records, now_ms: i64) -> Result<LegacyScope, StoreError> {
         for _ in 0..50 {
-            let claim = Claim { id: marker(), token: rand_token(), fingerprint: None, now_ms, lease_ms: 10_000 };
+            let claim =
+                Claim { id: marker(), token: crate::gate::random_u64(), fingerprint: None, now_ms, lease_ms: 10_000 };
             match records.backend().claim(claim.clone()).await? {
                 ClaimOutcome::Completed(done) => return Ok(LegacyScope { since_ms: done.created_ms }),
                 ClaimOutcome::Claimed { token, .. } => {
@@ -109,11 +110,6 @@ impl LegacyScope {
         let found = records.peek_completed(&legacy, now_ms).await?;
         Ok(found.filter(|done| done.created_ms < self.since_ms && done.expires_ms > now_ms))
     }
-}
-
-fn rand_token() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::error::Body;
 use crate::gate::Gate;
 use crate::idempotency::{EmbedError, build_gate};
 use crate::metrics::Metrics;
@@ -179,7 +178,7 @@ async fn accept_loop<F, Fut>(
 ) -> GracefulShutdown
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Response<stack::ResponseBody>> + Send + 'static,
 {
     // Every connection is watched, so that shutdown can wait for the requests they carry.
     let graceful = GracefulShutdown::new();
@@ -232,7 +231,7 @@ where
 async fn admin_accept_loop<F, Fut>(listener: TcpListener, mut stopped: watch::Receiver<bool>, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Response<stack::ResponseBody>> + Send + 'static,
 {
     let connections = tokio_util::task::TaskTracker::new();
     loop {

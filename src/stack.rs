@@ -29,16 +29,18 @@ use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, 
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 
+/// The body of every answer the listeners send: tower-http's catch-panic layer, outermost, boxes
+/// it in its own type, and hyper serves that as it is (no second box per response).
+pub type ResponseBody = tower_http::body::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
 /// The whole request path, as hyper serves it.
-pub type Proxy = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+pub type Proxy = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
 
 /// The service to the app: every forwarded and passed-through request goes through it.
 pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Incoming>, Problem>;
 
 pub fn proxy(gate: Arc<Gate>, app: Upstream) -> Proxy {
     let service = ServiceBuilder::new()
-        // tower-http boxes bodies in its own type; the listener serves idemgate's.
-        .map_response(|response: Response<_>| response.map(crate::replay::boxed))
         // Outermost, so that a bug anywhere below answers 500 problem+json and the process lives.
         .layer(CatchPanicLayer::custom(|_panic| Problem::Internal("a request handler panicked".into()).into_response()))
         // Before the trace: the id is in the span, the log line, the app's request and the answer.
@@ -71,13 +73,12 @@ pub fn upstream(client: AppClient, timeout: Duration, max_in_flight: usize) -> U
 /// The admin listener's service: health, readiness, metrics and keys, each answered within
 /// `ADMIN_TIMEOUT` however slow the store is (a probe that times out gets the pod restarted; a
 /// 503 only takes it out of the Service's endpoints).
-pub type AdminService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+pub type AdminService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn admin(admin: Arc<crate::admin::Admin>) -> AdminService {
     let service = ServiceBuilder::new()
-        .map_response(|response: Response<_>| response.map(crate::replay::boxed))
         .layer(CatchPanicLayer::custom(|_panic| Problem::Internal("an admin handler panicked".into()).into_response()))
         .layer(TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, ADMIN_TIMEOUT))
         .service_fn(move |req| {
@@ -97,9 +98,7 @@ pub struct RequestIds {
 
 impl Default for RequestIds {
     fn default() -> Self {
-        use std::hash::BuildHasher;
-        let prefix = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-        RequestIds { prefix, next: Arc::default() }
+        RequestIds { prefix: crate::gate::random_u64(), next: Arc::default() }
     }
 }
 

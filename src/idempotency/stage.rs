@@ -170,10 +170,7 @@ where
         fingerprint: Option<Fingerprint>,
     ) -> Result<Claimed, Problem> {
         if let Some(done) = self.gate.records.cached(id, now_ms()) {
-            return Ok(match decide(ClaimOutcome::Completed(done), fingerprint) {
-                Decision::Replay(done) => Claimed::Replay(done),
-                _ => Claimed::Mismatch,
-            });
+            return Ok(completed(done, fingerprint));
         }
         // On a task of its own: a sender that hangs up while the store records the claim drops
         // this request, but not the claim, which still becomes a Lease; dropped unended, the
@@ -231,10 +228,7 @@ where
             return Ok(None);
         }
         let Some(done) = legacy.find(&self.gate.records, id, now).await? else { return Ok(None) };
-        Ok(Some(match decide(ClaimOutcome::Completed(done), fingerprint) {
-            Decision::Replay(done) => Claimed::Replay(done),
-            _ => Claimed::Mismatch,
-        }))
+        Ok(Some(completed(done, fingerprint)))
     }
 
     /// A claim's lease runs from the time it was asked for, so a claim that waited long for the
@@ -358,6 +352,14 @@ where
                 }
             }
         }
+    }
+}
+
+/// What a completed record found by a claim means for this request: its replay, or 422.
+fn completed(done: Arc<Completed>, fingerprint: Option<Fingerprint>) -> Claimed {
+    match decide(ClaimOutcome::Completed(done), fingerprint) {
+        Decision::Replay(done) => Claimed::Replay(done),
+        _ => Claimed::Mismatch,
     }
 }
 

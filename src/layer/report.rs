@@ -121,16 +121,8 @@ impl<B> OnResponse<B> for Report {
             tracing::warn!(route = "-", outcome = outcome.as_str(), status = status.as_u16(), error, "request");
             return;
         };
-        let fact = facts.with(|f| Fact {
-            routes: f.routes.clone(),
-            route: f.route.clone(),
-            route_index: f.route_index,
-            key: f.key.take(),
-            outcome: f.outcome,
-            took_over: f.took_over,
-            method: f.method.clone(),
-            trace_id: f.trace_id.take(),
-        });
+        // Read in place: every stage is done with the facts once the response head leaves.
+        let fact = facts.0.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = problem.map_or(fact.outcome, |p| p.outcome);
         let metrics = fact.routes.metrics(fact.route_index);
         metrics.record(outcome, latency.as_secs_f64());

@@ -229,8 +229,7 @@ impl Records {
         if self.backend.can_lookup() {
             return self.backend.lookup(id.clone()).await;
         }
-        use std::hash::BuildHasher;
-        let token = std::collections::hash_map::RandomState::new().hash_one(now_ms);
+        let token = crate::gate::random_u64();
         let claim = Claim { id: id.clone(), token, fingerprint: None, now_ms, lease_ms: 10_000 };
         match self.backend.claim(claim).await? {
             ClaimOutcome::Completed(done) => Ok(Some(done)),
