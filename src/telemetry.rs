@@ -12,6 +12,9 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+mod line;
+pub use line::{RequestLine, write_info as write_request_line};
+
 /// Target of the span events (`replay`) that belong in traces, not in the log.
 pub const SPAN_EVENTS: &str = "idemgate::span_events";
 
@@ -67,6 +70,9 @@ pub fn init(cfg: &LogConfig) -> Telemetry {
     };
     // A second init (tests start several proxies in one process) keeps the first subscriber.
     let installed = registry.try_init().is_ok();
+    if installed && cfg.format == LogFormat::Json {
+        line::install(writer.clone());
+    }
     Telemetry {
         logs: installed.then_some(writer),
         #[cfg(feature = "otel")]
@@ -173,8 +179,8 @@ impl LogBuffer {
     }
 }
 
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+impl LogBuffer {
+    fn append(&self, bytes: &[u8]) {
         let full = {
             let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
             lines.extend_from_slice(bytes);
@@ -183,6 +189,12 @@ impl std::io::Write for LogBuffer {
         if full {
             self.write_out();
         }
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.append(bytes);
         Ok(bytes.len())
     }
 

@@ -9,8 +9,10 @@
 use crate::config::KeyLogging;
 use crate::gate::{Gate, Routes, hex};
 use crate::metrics::Outcome;
+use crate::telemetry::{RequestLine, write_request_line};
 use http::{Method, Request, Response};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
@@ -134,8 +136,8 @@ impl<B> OnResponse<B> for Report {
         }
         span.record("route", &*fact.route).record("outcome", outcome.as_str()).record("status", status.as_u16());
         let key = fact.key.as_deref().and_then(|k| match self.gate.key_logging {
-            KeyLogging::Shown => Some(k.to_string()),
-            KeyLogging::Hashed => Some(hex(&Sha256::digest(k.as_bytes())[..8])),
+            KeyLogging::Shown => Some(Cow::Borrowed(k)),
+            KeyLogging::Hashed => Some(Cow::Owned(hex(&Sha256::digest(k.as_bytes())[..8]))),
             KeyLogging::Hidden => None,
         });
         let (route, key, outcome, trace_id) =
@@ -146,8 +148,20 @@ impl<B> OnResponse<B> for Report {
         let took_over = fact.took_over.then_some(true);
         if (status >= 500 && error.is_some()) || fact.took_over {
             tracing::warn!(route, key, outcome, %method, status, duration_ms, trace_id, took_over, error, "request");
-        } else {
-            tracing::info!(route, key, outcome, %method, status, duration_ms, trace_id, error, "request");
+        } else if tracing::enabled!(tracing::Level::INFO) {
+            let line = RequestLine {
+                route,
+                key,
+                outcome,
+                method: method.as_str(),
+                status,
+                duration_us: latency.as_micros() as u64,
+                trace_id,
+                error,
+            };
+            if !write_request_line(module_path!(), &line) {
+                tracing::info!(route, key, outcome, %method, status, duration_ms, trace_id, error, "request");
+            }
         }
     }
 }
