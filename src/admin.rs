@@ -36,6 +36,7 @@ impl Admin {
             (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
             (&Method::GET, "/readyz") => Ok(self.ready().await),
             (&Method::GET, "/metrics") => Ok(self.metrics()),
+            (&Method::GET, "/admin/routes") => self.authorize(req.headers()).map(|()| self.routes()),
             (method, p) if p.starts_with("/admin/") => self.keys(method, p, req.uri().query(), req.headers()).await,
             _ => Err(Problem::NotFound(format!("no admin endpoint {} {path}", req.method()))),
         };
@@ -60,6 +61,30 @@ impl Admin {
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         );
         response
+    }
+
+    /// `GET /admin/routes`: each route's name and mode, and what enforcing would have done with
+    /// its requests since start (counted on shadow routes only).
+    fn routes(&self) -> Response<Body> {
+        let routes = self.gate.routes();
+        let list: Vec<_> = routes
+            .router
+            .routes()
+            .iter()
+            .map(|route| {
+                let would: serde_json::Map<_, _> = routes
+                    .metrics(Some(route.index))
+                    .would_counts()
+                    .map(|(would, n)| (would.as_str().to_string(), n.into()))
+                    .collect();
+                serde_json::json!({
+                    "name": &*route.name,
+                    "mode": if route.shadow() { "shadow" } else { "enforce" },
+                    "would": would,
+                })
+            })
+            .collect();
+        json(&serde_json::Value::Array(list))
     }
 
     /// `GET` and `DELETE /admin/keys/{route}/{key}[?scope=VALUE]`.

@@ -51,8 +51,8 @@ pub struct Routes {
 
 impl Routes {
     fn new(router: Router, metrics: &Metrics) -> Routes {
-        let names = router.routes().iter().map(|r| &*r.name).chain(["-"]);
-        let metrics = names.map(|name| metrics.route(name)).collect();
+        let names = router.routes().iter().map(|r| (&*r.name, r.shadow())).chain([("-", false)]);
+        let metrics = names.map(|(name, shadow)| metrics.route(name, shadow)).collect();
         let mut forward_key_headers: Vec<_> = router.routes().iter().map(|r| r.forward_key_header.clone()).collect();
         forward_key_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         forward_key_headers.dedup();

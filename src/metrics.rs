@@ -24,10 +24,14 @@ pub enum Outcome {
     store_error,
     /// Refused by signature verification (401): claimed nothing, never reached the app.
     unverified,
+    /// On a route in shadow mode: forwarded as it arrived, whatever enforcing would have done.
+    shadow,
+    /// An older version of an entity than one already completed (the stale guard).
+    stale,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::forwarded,
         Outcome::replayed,
         Outcome::conflict,
@@ -37,6 +41,8 @@ impl Outcome {
         Outcome::upstream_error,
         Outcome::store_error,
         Outcome::unverified,
+        Outcome::shadow,
+        Outcome::stale,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,8 +56,45 @@ impl Outcome {
             Outcome::upstream_error => "upstream_error",
             Outcome::store_error => "store_error",
             Outcome::unverified => "unverified",
+            Outcome::shadow => "shadow",
+            Outcome::stale => "stale",
         }
     }
+}
+
+/// What enforcing would have done with a request on a shadow route, as counted in
+/// `idemgate_shadow_total{would}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Would {
+    forwarded,
+    replayed,
+    conflict,
+    mismatch,
+    rejected,
+    unverified,
+}
+
+impl Would {
+    pub const ALL: [Would; 6] =
+        [Would::forwarded, Would::replayed, Would::conflict, Would::mismatch, Would::rejected, Would::unverified];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Would::forwarded => "forwarded",
+            Would::replayed => "replayed",
+            Would::conflict => "conflict",
+            Would::mismatch => "mismatch",
+            Would::rejected => "rejected",
+            Would::unverified => "unverified",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub route: String,
+    pub would: Would,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -85,9 +128,23 @@ pub struct RouteMetrics {
     /// The app's answers by status class, 1xx to 5xx.
     app_classes: [Counter; 5],
     lease_expiries: Counter,
+    /// Shadow routes only: an enforcing route has no `idemgate_shadow_total` series.
+    would: Option<[Counter; Would::ALL.len()]>,
 }
 
 impl RouteMetrics {
+    /// A request on a shadow route that enforcing would have answered with `would`.
+    pub fn would(&self, would: Would) {
+        if let Some(counters) = &self.would {
+            counters[would as usize].inc();
+        }
+    }
+
+    /// Each `would` with its count since start (all 0 on an enforcing route).
+    pub fn would_counts(&self) -> impl Iterator<Item = (Would, u64)> + '_ {
+        Would::ALL.into_iter().map(|w| (w, self.would.as_ref().map_or(0, |counters| counters[w as usize].get())))
+    }
+
     pub fn record(&self, outcome: Outcome, seconds: f64) {
         self.outcomes[outcome as usize].inc();
         self.seconds.observe(seconds);
@@ -149,6 +206,8 @@ pub struct Metrics {
     pub lost_claims: Counter,
     /// Claims that took over a key after the previous claim's lease ended unfinished, by route.
     pub lease_expiries: Family<RouteLabel, Counter>,
+    /// Requests on shadow routes by what enforcing would have done.
+    pub shadow: Family<ShadowLabels, Counter>,
     pub config_reloads: Family<ReloadLabel, Counter>,
     /// Keys that a request of this process holds or waits for (`concurrent: wait`).
     pub wait_keys: Gauge,
@@ -183,6 +242,7 @@ impl Metrics {
         let (cache_hits, cache_misses, swept, lost_claims, cache_evictions) = Default::default();
         let (store_records, store_bytes, store_wal_bytes): (Gauge, Gauge, Gauge) = Default::default();
         let lease_expiries = Family::<RouteLabel, Counter>::default();
+        let shadow = Family::<ShadowLabels, Counter>::default();
         let config_reloads = Family::<ReloadLabel, Counter>::default();
         let (wait_keys, buffered_bytes, budget_refusals): (Gauge, Gauge, Counter) = Default::default();
         let completion_retries = Counter::default();
@@ -245,6 +305,11 @@ impl Metrics {
             lease_expiries.clone(),
         );
         registry.register(
+            "idemgate_shadow",
+            "Requests on routes in shadow mode (all forwarded as they arrived) by what enforcing would have done",
+            shadow.clone(),
+        );
+        registry.register(
             "idemgate_config_reloads",
             "Config reloads (SIGHUP or a change of the file) by result: applied, or refused as invalid",
             config_reloads.clone(),
@@ -276,6 +341,7 @@ impl Metrics {
             budget_refusals,
             registry,
             lease_expiries,
+            shadow,
             config_reloads,
             requests,
             app_responses,
@@ -296,14 +362,16 @@ impl Metrics {
 
     /// The route's series, resolved once: the request path then counts without label lookups,
     /// and every outcome's series exists (at 0) from the start.
-    pub fn route(&self, route: &str) -> RouteMetrics {
+    pub fn route(&self, route: &str, shadow: bool) -> RouteMetrics {
         let counter = |outcome| self.requests.get_or_create_owned(&RequestLabels { route: route.to_string(), outcome });
+        let would = |would| self.shadow.get_or_create_owned(&ShadowLabels { route: route.to_string(), would });
         let class = |class| self.app_responses.get_or_create_owned(&ClassLabels { route: route.to_string(), class });
         RouteMetrics {
             outcomes: Outcome::ALL.map(counter),
             seconds: self.request_seconds.get_or_create_owned(&RouteLabel { route: route.to_string() }),
             app_classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
             lease_expiries: self.lease_expiries.get_or_create_owned(&RouteLabel { route: route.to_string() }),
+            would: shadow.then(|| Would::ALL.map(would)),
         }
     }
 

@@ -174,6 +174,15 @@ impl hyper::body::Body for Reserved {
     }
 }
 
+/// `prefix`, then the rest of `rest`: a body partly read, passed on whole.
+pub(crate) fn prefixed<B>(prefix: Bytes, rest: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    boxed(Prefixed { prefix: Some(prefix), rest })
+}
+
 /// A body that yields an already-read prefix, then the rest of a live body.
 struct Prefixed<B> {
     prefix: Option<Bytes>,

@@ -355,6 +355,16 @@ pub enum FingerprintSpec {
     Json(Vec<String>),
 }
 
+/// Whether a route enforces idempotency, or only shows what enforcing would do.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteMode {
+    Enforce,
+    /// Every request goes to the app as it arrived; keys are still claimed and completed, and
+    /// `idemgate_shadow_total{would}` counts what enforcing would have done.
+    Shadow,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Concurrent {
@@ -450,6 +460,8 @@ policy_fields! {
     missing_key: MissingKey = MissingKey::Reject;
     fingerprint: FingerprintSpec = FingerprintSpec::None;
     forward_key_header: String = "X-Idempotency-Key".to_string();
+    /// `enforce`, or `shadow`: forward everything, count what enforcing would do.
+    mode: RouteMode = RouteMode::Enforce;
 }
 
 /// Reads the file, overlays the environment, and validates the result.

@@ -48,6 +48,7 @@
 //! `examples/embed_axum.rs`.
 
 mod lease;
+pub mod shadow;
 pub mod stage;
 
 pub use lease::{Claimed, Lease};
@@ -59,6 +60,7 @@ use crate::layer::route::{RouteLayer, RouteService};
 use crate::layer::verify::{VerifyLayer, VerifyService};
 use crate::store::{CompletedCache, Records};
 use http::Response;
+use shadow::{ShadowLayer, ShadowService};
 use stage::{Stage, StageLayer};
 use std::sync::Arc;
 use tower::util::MapResponse;
@@ -132,7 +134,8 @@ pub(crate) async fn build_gate(
 }
 
 /// The stages of a matched route, around `app`.
-pub type Protected<S> = MapResponse<RequestBodyLimit<BodyService<VerifyService<Stage<S>>>>, LimitAnswer>;
+pub type Protected<S> =
+    ShadowService<MapResponse<RequestBodyLimit<BodyService<VerifyService<Stage<S>>>>, LimitAnswer>, S>;
 type LimitAnswer = fn(Response<ResponseBody<Body>>) -> Response<Body>;
 
 impl<S: Clone> Layer<S> for IdempotencyLayer {
@@ -140,14 +143,17 @@ impl<S: Clone> Layer<S> for IdempotencyLayer {
 
     fn layer(&self, app: S) -> Self::Service {
         let gate = &self.gate;
+        let stage = StageLayer::new(gate.clone());
         let protected = ServiceBuilder::new()
+            // Shadow routes: everything forwarded as it arrived, the rest done on the side.
+            .layer(ShadowLayer::new(stage.layer(app.clone())))
             // tower-http answers a body over the cap in plain text: as problem+json here.
             .map_response(limit_answer as LimitAnswer)
             // No one body may take the whole memory budget (every route's max_body is below it).
             .layer(RequestBodyLimitLayer::new(gate.max_body_cap))
             .layer(BodyLayer::new(gate.clone()))
             .layer(VerifyLayer)
-            .layer(StageLayer::new(gate.clone()))
+            .layer(stage)
             .service(app.clone());
         RouteLayer::new(gate.clone(), app).layer(protected)
     }

@@ -66,6 +66,12 @@ pub struct Stage<S> {
     app: Arc<S>,
 }
 
+impl<S> Stage<S> {
+    pub(super) fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+}
+
 impl<S> Clone for Stage<S> {
     fn clone(&self) -> Self {
         Stage { gate: self.gate.clone(), app: self.app.clone() }
@@ -94,10 +100,13 @@ where
 }
 
 /// What an owned key's exchange works with.
-struct Exchange {
-    route: Arc<Route>,
-    lease: Lease,
-    fingerprint: Option<Fingerprint>,
+pub(super) struct Exchange {
+    pub(super) route: Arc<Route>,
+    pub(super) lease: Lease,
+    pub(super) fingerprint: Option<Fingerprint>,
+    /// The app gets the key in `forward_key_header` (not in shadow mode, which forwards the
+    /// request as it arrived).
+    pub(super) forward_key: bool,
 }
 
 impl<S, RB> Stage<S>
@@ -148,14 +157,8 @@ where
                     if lease.took_over {
                         note(&|f| f.took_over());
                     }
-                    let exchange = Exchange { route, lease: *lease, fingerprint };
-                    let task = self.clone().exchange(exchange, parts, body).in_current_span();
-                    return self
-                        .gate
-                        .exchanges
-                        .spawn(task)
-                        .await
-                        .unwrap_or_else(|e| Err(Problem::Internal(e.to_string())));
+                    let exchange = Exchange { route, lease: *lease, fingerprint, forward_key: true };
+                    return self.spawn_exchange(exchange, parts, body).await;
                 }
             }
         }
@@ -163,7 +166,7 @@ where
 
     /// Stage `claim`: the cache, then the store; the pure [`decide`] turns what was found into
     /// what to do, and an owned key becomes a [`Lease`].
-    async fn claim(
+    pub(super) async fn claim(
         &self,
         route: &Arc<Route>,
         id: &RecordId,
@@ -246,6 +249,17 @@ where
         ))))
     }
 
+    /// The exchange of an owned key, on a task of its own (see the module's comment).
+    pub(super) async fn spawn_exchange(
+        &self,
+        exchange: Exchange,
+        parts: Parts,
+        body: Bytes,
+    ) -> Result<Response<Body>, Problem> {
+        let task = self.clone().exchange(exchange, parts, body).in_current_span();
+        self.gate.exchanges.spawn(task).await.unwrap_or_else(|e| Err(Problem::Internal(e.to_string())))
+    }
+
     /// Stages `forward`, `capture` and `commit` for an owned key.
     async fn exchange(self, exchange: Exchange, parts: Parts, body: Bytes) -> Result<Response<Body>, Problem> {
         let metrics = &self.gate.metrics;
@@ -269,8 +283,10 @@ where
         // Before the key goes in: a client's `Connection: x-idempotency-key` must not strip the
         // key the app relies on. Visible ASCII (checked in `identify`), so a valid value.
         strip_hop_by_hop(&mut parts.headers);
-        let key = HeaderValue::from_str(&exchange.lease.id.key).map_err(|_| KeyError::NotVisible("key".into()))?;
-        parts.headers.insert(route.forward_key_header.clone(), key);
+        if exchange.forward_key {
+            let key = HeaderValue::from_str(&exchange.lease.id.key).map_err(|_| KeyError::NotVisible("key".into()))?;
+            parts.headers.insert(route.forward_key_header.clone(), key);
+        }
         let start = Instant::now();
         let deadline = start + self.gate.upstream_timeout;
         let response = self.call_app(Request::from_parts(parts, replay::full(body))).await;
@@ -282,7 +298,7 @@ where
         replay::capture(response?, route.policy.max_response_body.0, deadline, timeout, memory).await
     }
 
-    fn call_app(&self, req: Request<Body>) -> Pin<Box<dyn Future<Output = Result<Response<RB>, Problem>> + Send>> {
+    pub(super) fn call_app(&self, req: Request<Body>) -> SendFuture<Result<Response<RB>, Problem>> {
         let timeout = self.gate.upstream_timeout;
         // Boxed outside the async block: there the compiler proves `S::Future: Send` from the bound.
         let call: SendFuture<Result<Response<RB>, S::Error>> = Box::pin(S::clone(&self.app).oneshot(req));
@@ -296,7 +312,7 @@ where
         exchange: Exchange,
         captured: Result<Captured<RB>, Problem>,
     ) -> Result<Response<Body>, Problem> {
-        let Exchange { route, mut lease, fingerprint } = exchange;
+        let Exchange { route, mut lease, fingerprint, .. } = exchange;
         let captured = match captured {
             Ok(c) if route.store_status.contains(c.status) => c,
             other => {
@@ -371,7 +387,7 @@ const COMPLETE_RETRY_MARGIN: Duration = Duration::from_secs(6);
 
 /// Stage `identify`: the key and the scope. `None` when the key is missing and the route
 /// forwards such requests unprotected.
-fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordId>, Problem> {
+pub(super) fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordId>, Problem> {
     let view = RequestView::new(&parts.headers, parts.uri.query(), body);
     let key = match route.key.extract(&view, route.policy.max_key_length)? {
         Some(key) => key,
@@ -395,7 +411,7 @@ fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordI
 const SCOPE_MAX: usize = 8192;
 
 /// Stage `fingerprint`.
-fn fingerprint(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Fingerprint>, Problem> {
+pub(super) fn fingerprint(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Fingerprint>, Problem> {
     let view = RequestView::new(&parts.headers, parts.uri.query(), body);
     Ok(route.fingerprint.compute(&view)?)
 }

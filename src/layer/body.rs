@@ -150,3 +150,58 @@ fn body_error(e: BoxError, limit: usize) -> Problem {
         Problem::BodyUnreadable(e.to_string())
     }
 }
+
+/// What a shadow route's read of the body gave: the whole body, or a body that enforcing would
+/// have refused (over `max_body`, over the memory budget, too slow), to be passed on as it is.
+pub(crate) enum Read {
+    Whole(Bytes, Reservation),
+    Spilled(Body, &'static str),
+}
+
+/// Reads the body like [`read_body`], but never refuses it: what enforcing would refuse is
+/// passed on whole (the bytes read so far, then the rest as it comes), since a shadow route
+/// forwards every request. Only a body the sender itself broke is an error.
+pub(crate) async fn read_or_spill<B>(
+    parts: &http::request::Parts,
+    body: B,
+    limit: u64,
+    within: std::time::Duration,
+    mut memory: Reservation,
+) -> Result<Read, Problem>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(Read::Spilled(crate::replay::boxed(body), OVER_MAX_BODY));
+    }
+    let declared = declared.unwrap_or(0) as usize;
+    if memory.grow_to(declared).is_err() {
+        return Ok(Read::Spilled(crate::replay::boxed(body), OVER_BUDGET));
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = bytes::BytesMut::with_capacity(declared);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Ok(Read::Spilled(crate::replay::prefixed(buf.freeze(), body), TOO_SLOW)),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|e| body_error(e.into(), limit as usize))?,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let read = buf.len() + data.len();
+        let refused =
+            if read as u64 > limit { Some(OVER_MAX_BODY) } else { memory.grow_to(read).err().map(|_| OVER_BUDGET) };
+        buf.extend_from_slice(&data);
+        if let Some(why) = refused {
+            return Ok(Read::Spilled(crate::replay::prefixed(buf.freeze(), body), why));
+        }
+    }
+    Ok(Read::Whole(buf.freeze(), memory))
+}
+
+const OVER_MAX_BODY: &str = "the body is larger than max_body";
+const OVER_BUDGET: &str = "the body would pass server.max_buffered_bytes";
+const TOO_SLOW: &str = "the body did not arrive within server.body_read_timeout";

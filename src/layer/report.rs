@@ -8,7 +8,7 @@
 
 use crate::config::KeyLogging;
 use crate::gate::{Gate, Routes, hex};
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, Would};
 use crate::telemetry::{RequestLine, write_request_line};
 use http::{Method, Request, Response};
 use sha2::{Digest, Sha256};
@@ -64,6 +64,11 @@ impl Facts {
 
     pub fn outcome(&self, outcome: Outcome) {
         self.with(|f| f.outcome = outcome);
+    }
+
+    /// On a shadow route: what enforcing would have done (`idemgate_shadow_total`).
+    pub fn would(&self, would: Would) {
+        self.with(|f| f.routes.metrics(f.route_index).would(would));
     }
 
     pub fn took_over(&self) {
@@ -135,11 +140,7 @@ impl<B> OnResponse<B> for Report {
             metrics.app_answered(status);
         }
         span.record("route", &*fact.route).record("outcome", outcome.as_str()).record("status", status.as_u16());
-        let key = fact.key.as_deref().and_then(|k| match self.gate.key_logging {
-            KeyLogging::Shown => Some(Cow::Borrowed(k)),
-            KeyLogging::Hashed => Some(Cow::Owned(hex(&Sha256::digest(k.as_bytes())[..8]))),
-            KeyLogging::Hidden => None,
-        });
+        let key = fact.key.as_deref().and_then(|k| logged_key(self.gate.key_logging, k));
         let (route, key, outcome, trace_id) =
             (&*fact.route, key.as_deref(), outcome.as_str(), fact.trace_id.as_deref());
         let (method, status, duration_ms) = (&fact.method, status.as_u16(), latency.as_secs_f64() * 1000.0);
@@ -163,6 +164,15 @@ impl<B> OnResponse<B> for Report {
                 tracing::info!(route, key, outcome, %method, status, duration_ms, trace_id, error, "request");
             }
         }
+    }
+}
+
+/// A key as `log.keys` says to log it: shown, as a short digest, or not at all.
+pub(crate) fn logged_key(logging: KeyLogging, key: &str) -> Option<Cow<'_, str>> {
+    match logging {
+        KeyLogging::Shown => Some(Cow::Borrowed(key)),
+        KeyLogging::Hashed => Some(Cow::Owned(hex(&Sha256::digest(key.as_bytes())[..8]))),
+        KeyLogging::Hidden => None,
     }
 }
 

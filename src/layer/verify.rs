@@ -50,13 +50,18 @@ where
 
 fn verify(req: &Request<Bytes>) -> Result<(), Problem> {
     let Some(route) = req.extensions().get::<Arc<Route>>() else { return Ok(()) };
+    check(route, req.method(), req.uri(), req.headers(), req.body())
+}
+
+/// The route's signature check, if it has one.
+pub(crate) fn check(
+    route: &Route,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+) -> Result<(), Problem> {
     let Some(verifier) = &route.verifier else { return Ok(()) };
-    let signed = SignedRequest {
-        method: req.method(),
-        uri: req.uri(),
-        headers: req.headers(),
-        body: req.body(),
-        now_unix: now_ms() / 1000,
-    };
+    let signed = SignedRequest { method, uri, headers, body, now_unix: now_ms() / 1000 };
     Ok(verifier.verify(&signed)?)
 }

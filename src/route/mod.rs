@@ -89,6 +89,11 @@ impl Route {
         })
     }
 
+    /// In shadow mode: forward everything as it arrived, count what enforcing would do.
+    pub fn shadow(&self) -> bool {
+        self.policy.mode == crate::config::RouteMode::Shadow
+    }
+
     /// What `check` should warn about: a ttl shorter than the provider's retry window lets a late
     /// retry through as a first delivery.
     pub fn warnings(&self) -> Vec<String> {
@@ -108,8 +113,9 @@ impl Route {
         let p = &self.policy;
         format!(
             "{name}: {matcher}; key {key}{scope}; ttl {ttl}, lease {lease}, concurrent {conc}, \
-             store_status {status:?}, max_body {mb}, max_response_body {mrb}, missing_key {mk}, fingerprint {fp}",
+             store_status {status:?}, max_body {mb}, max_response_body {mrb}, missing_key {mk}, fingerprint {fp}{mode}",
             name = self.name,
+            mode = if self.shadow() { "; mode shadow (forwards everything)" } else { "" },
             matcher = self.matcher.describe(),
             key = self.key.describe(),
             scope = match (&self.scope, self.credentials_scoped) {
