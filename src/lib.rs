@@ -30,7 +30,8 @@
 //! [`admin`] serves health, readiness, metrics and key administration; [`metrics`] and
 //! [`telemetry`] say what happened. [`store`] holds the backends: SQLite for one pod,
 //! PostgreSQL or Redis shared by several replicas, behind one trait and one behavioural suite.
-//! [`gate`] is the state every request shares.
+//! [`gate`] is the state every request shares. [`version`] orders an entity's events for a route's
+//! stale guard.
 
 pub mod admin;
 pub mod budget;
@@ -56,6 +57,7 @@ pub mod store;
 pub mod telemetry;
 pub mod upstream;
 pub mod verify;
+pub mod version;
 pub mod waiters;
 
 pub use idempotency::IdempotencyLayer;
