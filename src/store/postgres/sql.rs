@@ -34,7 +34,7 @@ pub(super) struct Db<'c> {
 
 impl Db<'_> {
     /// At most one row, as `query_typed_opt` / `query_opt`.
-    async fn query_opt(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Failure> {
+    pub(super) async fn query_opt(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Failure> {
         if self.prepared {
             let statement = self.client.prepare_typed_cached(sql.text, sql.types).await?;
             Ok(self.client.query_opt(&statement, params).await?)
@@ -44,7 +44,7 @@ impl Db<'_> {
     }
 
     /// The number of rows changed, as `execute_typed` / `execute`.
-    async fn execute(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Failure> {
+    pub(super) async fn execute(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Failure> {
         if self.prepared {
             let statement = self.client.prepare_typed_cached(sql.text, sql.types).await?;
             Ok(self.client.execute(&statement, params).await?)
