@@ -277,6 +277,8 @@ async fn routes_scopes_and_entities_are_independent(b: &Backend) {
     let claimed = b.store.claim(claim).await.unwrap();
     assert!(matches!(claimed, ClaimOutcome::Claimed { took_over: false, .. }), "{}: {claimed:?}", b.name);
     assert_eq!(b.version(&ids[0]).await, Some(v("100")), "{}: the claim left the version alone", b.name);
+    b.store.release(ids[0].clone(), 1).await.unwrap();
+    assert_eq!(b.version(&ids[0]).await, Some(v("100")), "{}: and so did its release", b.name);
 }
 
 /// A small seeded generator, so that a failing order repeats.
