@@ -19,6 +19,7 @@ pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
 pub use sweep::spawn_sweeper;
 
+use crate::version::Version;
 use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::pin::Pin;
@@ -78,8 +79,17 @@ pub trait Store: Send + Sync + 'static {
     fn release(&self, id: RecordId, token: u64) -> StoreFuture<()>;
     fn get(&self, id: RecordId) -> StoreFuture<Option<Record>>;
     fn delete(&self, id: RecordId) -> StoreFuture<bool>;
-    /// Deletes up to `batch` records that expired before `now_ms`; returns how many.
+    /// Deletes up to `batch` records and entity versions that expired before `now_ms`, records
+    /// first; returns how many.
     fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize>;
+    /// The highest version recorded for this entity (`id.key` is the entity value), unless
+    /// expired at now.
+    fn version(&self, id: RecordId) -> StoreFuture<Option<Version>>;
+    /// Records `version` for the entity unless a higher version of the same kind is stored and
+    /// not expired; sets `expires_ms` whenever it writes. Atomic: under any concurrency, a lower
+    /// version never overwrites a higher one. A version of another kind, or a stored one that has
+    /// expired, is replaced. An equal version is written again (its expiry refreshed).
+    fn raise_version(&self, id: RecordId, version: Version, expires_ms: i64) -> StoreFuture<()>;
     /// Proves the store can be written now (for readiness).
     fn check_writable(&self) -> StoreFuture<()>;
     /// Finishes queued work and closes the backend.
@@ -253,6 +263,15 @@ impl Records {
         self.cache.remove(id);
         let deleted = deleted?;
         Ok(deleted)
+    }
+
+    /// An entity's version, for the stale guard; never cached: other replicas raise it.
+    pub async fn version(&self, id: &RecordId) -> Result<Option<Version>, StoreError> {
+        self.backend.version(id.clone()).await
+    }
+
+    pub async fn raise_version(&self, id: &RecordId, version: Version, expires_ms: i64) -> Result<(), StoreError> {
+        self.backend.raise_version(id.clone(), version, expires_ms).await
     }
 }
 

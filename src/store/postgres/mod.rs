@@ -10,6 +10,10 @@
 //! so a replica that paused past its lease, and lost the key to another, is refused
 //! (`complete` answers false) and the other replica's record stands.
 //!
+//! **Entity versions** (the stale guard) live in `idemgate_versions`, a row per route, scope and
+//! entity. A raise is one upsert whose `WHERE` keeps a higher version of the same kind (see
+//! [`versions`]); the sweeper deletes expired rows after expired records.
+//!
 //! **Durability.** Every statement runs in autocommit: when `complete` returns, its transaction
 //! is committed. Whether committed means on disk is PostgreSQL's `synchronous_commit`: it must
 //! stay `on` (the default; `remote_write` / `remote_apply` are stronger still with synchronous
@@ -73,11 +77,13 @@ mod sql;
 mod tests;
 mod tls;
 mod url;
+mod versions;
 
 pub use url::{PostgresTls, SslMode, UrlError};
 
 use super::{Claim, ClaimOutcome, Completed, Record, RecordId, Store, StoreError, StoreFuture};
 use crate::config::PostgresConfig;
+use crate::version::Version;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use sql::{Db, Failure};
 use std::future::Future;
@@ -226,8 +232,22 @@ impl Store for PostgresStore {
     fn delete(&self, id: RecordId) -> StoreFuture<bool> {
         self.call(move |db| Box::pin(async move { sql::delete(&db, &id).await }))
     }
+    /// Records first, then versions with what is left of the batch, on one connection.
     fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize> {
-        self.call(move |db| Box::pin(async move { sql::sweep(&db, now_ms, batch).await }))
+        self.call(move |db| {
+            Box::pin(async move {
+                let records = sql::sweep(&db, now_ms, batch).await?;
+                Ok(records + versions::sweep(&db, now_ms, batch.saturating_sub(records)).await?)
+            })
+        })
+    }
+    fn version(&self, id: RecordId) -> StoreFuture<Option<Version>> {
+        let now_ms = super::now_ms();
+        self.call(move |db| Box::pin(async move { versions::get(&db, &id, now_ms).await }))
+    }
+    fn raise_version(&self, id: RecordId, version: Version, expires_ms: i64) -> StoreFuture<()> {
+        let now_ms = super::now_ms();
+        self.call(move |db| Box::pin(async move { versions::raise(&db, &id, &version, expires_ms, now_ms).await }))
     }
     fn check_writable(&self) -> StoreFuture<()> {
         self.call(|db| Box::pin(async move { sql::check_writable(&db).await }))

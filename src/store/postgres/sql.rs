@@ -34,7 +34,7 @@ pub(super) struct Db<'c> {
 
 impl Db<'_> {
     /// At most one row, as `query_typed_opt` / `query_opt`.
-    async fn query_opt(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Failure> {
+    pub(super) async fn query_opt(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Failure> {
         if self.prepared {
             let statement = self.client.prepare_typed_cached(sql.text, sql.types).await?;
             Ok(self.client.query_opt(&statement, params).await?)
@@ -44,7 +44,7 @@ impl Db<'_> {
     }
 
     /// The number of rows changed, as `execute_typed` / `execute`.
-    async fn execute(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Failure> {
+    pub(super) async fn execute(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Failure> {
         if self.prepared {
             let statement = self.client.prepare_typed_cached(sql.text, sql.types).await?;
             Ok(self.client.execute(&statement, params).await?)
@@ -105,7 +105,7 @@ pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
-pub(super) const SCHEMA_VERSION: i32 = 1;
+pub(super) const SCHEMA_VERSION: i32 = 2;
 
 /// The key of the transaction-level advisory lock that serialises migrations across replicas
 /// ("idemgate" in ASCII).
@@ -114,7 +114,7 @@ pub(super) const MIGRATION_LOCK: i64 = 0x6964_656d_6761_7465;
 /// Version 1. `expires_ms` is the lease end while in flight (state 0) and the ttl end once
 /// completed (state 1); a record with `expires_ms <= now` is gone as far as claims are concerned,
 /// and the sweeper deletes it.
-const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS idemgate_records (
     route        text     NOT NULL,
     scope        text     NOT NULL,          -- sha-256 of the scope value, '' on unscoped routes
@@ -132,6 +132,21 @@ CREATE TABLE IF NOT EXISTS idemgate_records (
 );
 CREATE INDEX IF NOT EXISTS idemgate_records_expiry ON idemgate_records (expires_ms);
 ";
+
+/// Version 2: each entity's highest version for the stale guard ([`crate::version::Version`]'s
+/// encoding). `COLLATE "C"`: text compares byte by byte, which is the versions' order, whatever
+/// the database's default collation.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE IF NOT EXISTS idemgate_versions (
+    route      text   NOT NULL,
+    scope      text   NOT NULL,              -- as in idemgate_records
+    entity     text   NOT NULL,
+    version    text   COLLATE "C" NOT NULL,  -- Version::encoded
+    expires_ms bigint NOT NULL,
+    PRIMARY KEY (route, scope, entity)
+);
+CREATE INDEX IF NOT EXISTS idemgate_versions_expiry ON idemgate_versions (expires_ms);
+"#;
 
 /// Creates or migrates the schema in one transaction that holds [`MIGRATION_LOCK`], so replicas
 /// starting together migrate once. A schema already current is only read, so a role with no
@@ -151,6 +166,7 @@ pub(super) async fn migrate(client: &mut Client) -> Result<String, Failure> {
     match version {
         None => {
             tx.batch_execute(SCHEMA_V1).await?;
+            tx.batch_execute(SCHEMA_V2).await?;
             tx.execute_typed("INSERT INTO idemgate_schema (version) VALUES ($1)", &[(&SCHEMA_VERSION, Type::INT4)])
                 .await?;
         }
@@ -159,7 +175,11 @@ pub(super) async fn migrate(client: &mut Client) -> Result<String, Failure> {
                 "the PostgreSQL schema is at version {v}, newer than this idemgate understands ({SCHEMA_VERSION})"
             )));
         }
-        // Later versions add their steps here: `Some(1) => { ...; UPDATE idemgate_schema ... }`.
+        // Version 1 gains the versions table; later versions add their steps here.
+        Some(1) => {
+            tx.batch_execute(SCHEMA_V2).await?;
+            tx.execute_typed("UPDATE idemgate_schema SET version = $1", &[(&SCHEMA_VERSION, Type::INT4)]).await?;
+        }
         Some(_) => {}
     }
     let synchronous_commit: String =

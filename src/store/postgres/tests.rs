@@ -401,13 +401,39 @@ async fn replicas_starting_together_migrate_once() {
         store.check_writable().await.expect("writable");
     }
     assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_schema").await, 1);
-    assert_eq!(count(&url_in_schema, "SELECT max(version)::bigint FROM idemgate_schema").await, 1);
+    assert_eq!(count(&url_in_schema, "SELECT max(version)::bigint FROM idemgate_schema").await, 2);
     // A schema from a newer idemgate is refused rather than used.
     admin(&url_in_schema, "UPDATE idemgate_schema SET version = 99").await;
     match PostgresStore::open(&config(&url_in_schema, Duration::from_secs(10))).await {
         Err(StoreError::Unavailable(message)) => assert!(message.contains("newer"), "{message}"),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
+}
+
+#[tokio::test]
+async fn a_version_1_schema_gains_the_versions_table_and_keeps_its_records() {
+    let url = url_or_skip!();
+    let Some((url_in_schema, _schema)) = isolated(&url).await else { return };
+    let expires_ms = now_ms() + LEASE;
+    admin(
+        &url_in_schema,
+        &format!(
+            "{}
+             CREATE TABLE idemgate_schema (version integer NOT NULL);
+             INSERT INTO idemgate_schema (version) VALUES (1);
+             INSERT INTO idemgate_records (route, scope, key, state, token, created_ms, expires_ms, status)
+                 VALUES ('hooks', '', 'old', 1, 9, 0, {expires_ms}, 202);",
+            sql::SCHEMA_V1
+        ),
+    )
+    .await;
+    let store = open(&url_in_schema).await;
+    let old = RecordId { route: "hooks".into(), scope: String::new(), key: "old".into() };
+    let record = store.get(old).await.unwrap().expect("the version-1 record is kept");
+    assert_eq!((record.state, record.status), (State::Completed, Some(202)));
+    assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_schema").await, 1);
+    assert_eq!(count(&url_in_schema, "SELECT max(version)::bigint FROM idemgate_schema").await, 2);
+    assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_versions").await, 0);
 }
 
 #[tokio::test]

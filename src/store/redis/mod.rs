@@ -24,6 +24,11 @@
 //! clock ends leases and ttls, so the replicas' clocks need not agree, and a claim simply takes a
 //! key that is gone or whose lease has ended. [`Store::sweep`] has nothing to do.
 //!
+//! An entity's version (the stale guard) is a string key of its own,
+//! `{key_prefix}#version:{route}:{scope}:{entity}`, holding [`Version::encoded`] and expiring
+//! (`PEXPIREAT`) at the `expires_ms` its raise gave. No route name contains `#`, so it never
+//! meets a record's key. `raise_version` is a script that compares and sets in one step.
+//!
 //! Every operation touches exactly one key (one command, or one Lua script over `KEYS[1]`), so
 //! the layout is cluster-safe as it is: no hash tags are needed and no operation can span slots.
 //! The client is redis-rs' [`ConnectionManager`], which talks to one endpoint (a standalone
@@ -83,6 +88,7 @@ mod scripts;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod versions;
 
 use fields::{bytes, claim_outcome, field_pairs, int};
 use scripts::{CLAIM, COMPLETE, RELEASE};
@@ -92,6 +98,7 @@ use super::{
     StoreFuture,
 };
 use crate::config::RedisConfig;
+use crate::version::Version;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::io::tcp::TcpSettings;
 use ::redis::io::tcp::socket2::TcpKeepalive;
@@ -419,9 +426,18 @@ impl Store for RedisStore {
         })
     }
 
-    /// Redis' own expiry (the `PEXPIRE` on every record) deletes ended leases and ttls.
+    /// Redis' own expiry deletes ended leases and ttls (the `PEXPIRE` on every record) and
+    /// expired versions (their `PEXPIREAT`).
     fn sweep(&self, _now_ms: i64, _batch: usize) -> StoreFuture<usize> {
         boxed(async { Ok(0) })
+    }
+
+    fn version(&self, id: RecordId) -> StoreFuture<Option<Version>> {
+        boxed(versions::get(self.conn.clone(), versions::key(&self.prefix, &id)))
+    }
+
+    fn raise_version(&self, id: RecordId, version: Version, expires_ms: i64) -> StoreFuture<()> {
+        boxed(versions::raise(self.conn.clone(), versions::key(&self.prefix, &id), version, expires_ms))
     }
 
     /// A write that leaves nothing durable behind: it fails on a read-only replica, or when Redis

@@ -1,4 +1,4 @@
-//! The Lua scripts: each runs atomically on the one key of a record.
+//! The Lua scripts: each runs atomically on one key, a record's or an entity version's.
 
 use ::redis::Script;
 use std::sync::LazyLock;
@@ -62,6 +62,35 @@ end
 return 0
 ";
 
+/// `KEYS[1]` an entity's version; `ARGV`: the encoded version, expires_ms (Unix ms, for
+/// PEXPIREAT). Writes the version unless the key holds a higher one of the same kind (an expired
+/// one is gone: Redis deleted it), and sets the expiry whenever it writes. Returns 1 if it
+/// wrote, else 0.
+///
+/// Compared byte by byte: Lua's `<` on strings is `strcoll`, and Redis sets `LC_COLLATE` from its
+/// environment. A stored value of another length is no version of ours, and is replaced.
+const RAISE_VERSION_LUA: &str = r"
+local function higher(stored, offered)
+  for i = 1, #stored do
+    local a, b = string.byte(stored, i), string.byte(offered, i)
+    if a ~= b then
+      return a > b
+    end
+  end
+  return false
+end
+local stored = redis.call('GET', KEYS[1])
+local offered = ARGV[1]
+if stored and #stored == #offered and string.byte(stored, 1) == string.byte(offered, 1)
+    and higher(stored, offered) then
+  return 0
+end
+redis.call('SET', KEYS[1], offered)
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+";
+
 pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_LUA));
 pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+pub(super) static RAISE_VERSION: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_VERSION_LUA));

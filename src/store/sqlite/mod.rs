@@ -15,10 +15,12 @@
 
 mod schema;
 mod sql;
+mod versions;
 mod writer;
 
 use super::record::{Claim, ClaimOutcome, Completed, Record, RecordId};
 use super::{Store, StoreError, StoreFuture};
+use crate::version::Version;
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +46,15 @@ enum Op {
     Get(RecordId),
     Delete(RecordId),
     Sweep(i64, usize),
+    /// An entity's version unless expired at the time given.
+    Version(RecordId, i64),
+    /// Answered once committed, like a claim: a lost raise only lets a stale event through.
+    RaiseVersion {
+        id: RecordId,
+        version: Version,
+        expires_ms: i64,
+        now_ms: i64,
+    },
     Ping,
     /// Stop taking jobs; those already queued still run.
     Close,
@@ -54,6 +65,7 @@ enum Outcome {
     Flag(bool),
     Record(Option<Record>),
     Count(usize),
+    Version(Option<Version>),
     Unit,
 }
 
@@ -207,6 +219,13 @@ impl Store for SqliteStore {
     }
     fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize> {
         expect_outcome!(self.submit(Op::Sweep(now_ms, batch)), Count)
+    }
+    fn version(&self, id: RecordId) -> StoreFuture<Option<Version>> {
+        expect_outcome!(self.submit(Op::Version(id, super::now_ms())), Version)
+    }
+    fn raise_version(&self, id: RecordId, version: Version, expires_ms: i64) -> StoreFuture<()> {
+        let fut = self.submit(Op::RaiseVersion { id, version, expires_ms, now_ms: super::now_ms() });
+        Box::pin(async move { fut.await.map(drop) })
     }
     fn check_writable(&self) -> StoreFuture<()> {
         let fut = self.submit(Op::Ping);

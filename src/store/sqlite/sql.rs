@@ -1,6 +1,6 @@
 //! The statements: one function per operation, run on the writer thread inside its transaction.
 
-use super::{Op, Outcome};
+use super::{Op, Outcome, versions};
 use crate::store::ABANDONED_CLAIM_RETENTION_MS;
 use crate::store::record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
 use bytes::Bytes;
@@ -22,17 +22,15 @@ pub(super) fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
                 .execute(params![&*id.route, id.scope, id.key])?
                 > 0,
         ),
-        Op::Sweep(now_ms, limit) => Outcome::Count(
-            conn.prepare_cached(
-                "DELETE FROM records WHERE id IN
-                     (SELECT id FROM records WHERE expires_ms <= ?1 AND (state = 1 OR expires_ms <= ?2) LIMIT ?3)",
-            )?
-            .execute(params![
-                now_ms,
-                now_ms.saturating_sub(ABANDONED_CLAIM_RETENTION_MS),
-                *limit as i64
-            ])?,
-        ),
+        Op::Sweep(now_ms, limit) => {
+            let records = sweep(conn, *now_ms, *limit)?;
+            Outcome::Count(records + versions::sweep(conn, *now_ms, limit.saturating_sub(records))?)
+        }
+        Op::Version(id, now_ms) => Outcome::Version(versions::get(conn, id, *now_ms)?),
+        Op::RaiseVersion { id, version, expires_ms, now_ms } => {
+            versions::raise(conn, id, version, *expires_ms, *now_ms)?;
+            Outcome::Unit
+        }
         Op::Close => Outcome::Unit,
         Op::Ping => {
             // A write that changes nothing still needs the write lock and a writable file.
@@ -40,6 +38,16 @@ pub(super) fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             Outcome::Unit
         }
     })
+}
+
+/// Deletes up to `limit` expired records (abandoned claims only once they are older than
+/// [`ABANDONED_CLAIM_RETENTION_MS`]); returns how many.
+fn sweep(conn: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM records WHERE id IN
+             (SELECT id FROM records WHERE expires_ms <= ?1 AND (state = 1 OR expires_ms <= ?2) LIMIT ?3)",
+    )?
+    .execute(params![now_ms, now_ms.saturating_sub(ABANDONED_CLAIM_RETENTION_MS), limit as i64])
 }
 
 /// One statement decides the claim: insert the key, or take over a record whose lease or ttl
