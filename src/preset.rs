@@ -20,7 +20,7 @@
 //! (¹) Each also under its unprefixed name (`shopify-event-id`, `shopify-webhook-id`,
 //! `shopify-topic`), which is read when the `X-Shopify-` one is absent.
 
-use crate::config::{Dur, KeySource, KeySpec};
+use crate::config::{Dur, KeySource, KeySpec, StaleAction, StaleConfig};
 use crate::verify::{Scheme, StandardHeaders};
 use std::time::Duration;
 
@@ -108,6 +108,8 @@ pub enum Preset {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresetDefaults {
     pub key: KeySpec,
+    /// The stale guard's sources where the provider's payload has them (`stale: preset`).
+    pub stale: Option<StaleConfig>,
     pub scope: Option<KeySpec>,
     /// Covers the provider's retry window.
     pub ttl: Dur,
@@ -190,6 +192,7 @@ impl Preset {
         };
         PresetDefaults {
             key,
+            stale: self.stale(),
             scope,
             ttl: Dur(Duration::from_secs(ttl)),
             retry_window: Duration::from_secs(retry),
@@ -203,6 +206,22 @@ impl Preset {
 fn slack_key() -> KeySpec {
     let rate_limited = KeySpec::One(KeySource::All(vec![json("/team_id"), json("/minute_rate_limited")]));
     first_of([json("/event_id"), json("/challenge"), rate_limited])
+}
+
+impl Preset {
+    /// The entity and version a provider's events carry, for the stale guard: Stripe's object
+    /// id and the event's `created` (seconds); Shopify's resource id and `X-Shopify-Triggered-At`
+    /// (RFC 3339). None where the payload names no single entity.
+    fn stale(self) -> Option<StaleConfig> {
+        let guard = |entity, version| Some(StaleConfig { entity, version, action: StaleAction::Ack });
+        match self {
+            Preset::Stripe => guard(json("/data/object/id"), json("/created")),
+            Preset::Shopify => {
+                guard(json("/id"), first_of([header("X-Shopify-Triggered-At"), header("shopify-triggered-at")]))
+            }
+            _ => None,
+        }
+    }
 }
 
 fn header(name: &str) -> KeySpec {

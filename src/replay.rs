@@ -133,10 +133,16 @@ fn detach(name: &HeaderName, value: &HeaderValue) -> (HeaderName, HeaderValue) {
 
 /// A duplicate's answer: the stored response, marked as a replay.
 pub fn replay(stored: &StoredResponse) -> Response<Body> {
+    let mut response = respond(stored);
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// A stored response as it is, for the request that stored it.
+pub fn respond(stored: &StoredResponse) -> Response<Body> {
     let mut response = Response::new(full(stored.body.clone()));
     *response.status_mut() = stored.status_code();
     *response.headers_mut() = stored.header_map();
-    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
 }
 

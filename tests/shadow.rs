@@ -77,12 +77,13 @@ async fn sequence(proxy: &Arc<TestProxy>, app: &TestApp, path: &'static str) -> 
             post(&proxy.client, path, &github(Some("in-flight"), body, false), body).await
         })
     };
+    let before = app.total();
     let first = spawn(proxy);
-    app.arrival().await;
+    until_total(app, before + 1).await;
     let second = spawn(proxy);
     if path == "/hooks/shadow" {
         // Shadow forwards the duplicate too, while the first is still in the app.
-        app.arrival().await;
+        until_total(app, before + 2).await;
         app.release(held);
         replies.push(first.await.unwrap());
         replies.push(second.await.unwrap());
@@ -92,6 +93,13 @@ async fn sequence(proxy: &Arc<TestProxy>, app: &TestApp, path: &'static str) -> 
         replies.push(first.await.unwrap());
     }
     replies
+}
+
+/// Until the app has received `n` requests in all.
+async fn until_total(app: &TestApp, n: usize) {
+    while app.total() < n {
+        app.arrival().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

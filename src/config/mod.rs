@@ -334,6 +334,49 @@ pub enum ScopeSpec {
     From(KeySpec),
 }
 
+/// A route's `stale` guard: written out, or `preset` for the preset's suggested sources.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged, expecting = "`preset`, or { entity: <key source>, version: <key source>, action: ack | flag }")]
+pub enum StaleSpec {
+    Preset(PresetWord),
+    Guard(StaleConfig),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaleConfig {
+    /// Which thing the event is about (a customer id, an order id).
+    pub entity: KeySpec,
+    /// The event's order for that thing: an integer, an RFC 3339 timestamp or an HTTP date.
+    pub version: KeySpec,
+    #[serde(default)]
+    pub action: StaleAction,
+}
+
+/// What a stale delivery gets.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleAction {
+    /// 200 with `Idempotent-Stale: true`, and the app is not called.
+    #[default]
+    Ack,
+    /// Forwarded with `X-Idempotency-Stale: true`, for the app to decide.
+    Flag,
+}
+
+/// The word `preset`, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresetWord;
+
+impl<'de> Deserialize<'de> for PresetWord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "preset" => Ok(PresetWord),
+            other => Err(serde::de::Error::custom(format!("expected `preset` or a guard, found {other:?}"))),
+        }
+    }
+}
+
 /// The word `none`, and nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoneWord;
@@ -429,6 +472,8 @@ macro_rules! policy_fields {
             pub scope: Option<ScopeSpec>,
             /// Signature verification, checked before anything is claimed.
             pub verify: Option<crate::verify::VerifyConfig>,
+            /// The stale-event guard: never apply an older version of an entity after a newer one.
+            pub stale: Option<StaleSpec>,
             $(pub $field: Option<$ty>,)*
         }
 

@@ -50,6 +50,7 @@
 mod lease;
 pub mod shadow;
 pub mod stage;
+mod stale;
 
 pub use lease::{Claimed, Lease};
 

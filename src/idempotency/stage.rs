@@ -12,7 +12,8 @@
 //! does not cancel the app call, and its retry gets the stored response.
 
 use super::lease::{Claimed, Lease};
-use crate::config::{Concurrent, MissingKey};
+use super::stale;
+use crate::config::{Concurrent, MissingKey, StaleAction};
 use crate::decide::{Decision, decide};
 use crate::error::{Body, BoxError, Problem, SendFuture};
 use crate::fingerprint::Fingerprint;
@@ -24,12 +25,12 @@ use crate::metrics::Outcome;
 use crate::replay::{self, Captured};
 use crate::route::Route;
 use crate::scope;
-use crate::store::{Claim, ClaimOutcome, Completed, RecordId, StoreError, now_ms};
+use crate::store::{Claim, ClaimOutcome, Completed, RecordId, StoreError, StoredResponse, now_ms};
 use crate::upstream::strip_hop_by_hop;
 use crate::waiters::Backoff;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response, header};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
@@ -260,15 +261,87 @@ where
         self.gate.exchanges.spawn(task).await.unwrap_or_else(|e| Err(Problem::Internal(e.to_string())))
     }
 
-    /// Stages `forward`, `capture` and `commit` for an owned key.
+    /// Stages `stale` (on guarded routes), `forward`, `capture` and `commit` for an owned key.
     async fn exchange(self, exchange: Exchange, parts: Parts, body: Bytes) -> Result<Response<Body>, Problem> {
         let metrics = &self.gate.metrics;
         metrics.inflight_claims.inc();
-        let captured =
-            self.forward_and_capture(&exchange, parts, body).instrument(tracing::debug_span!("forward")).await;
-        let answer = self.commit(exchange, captured).instrument(tracing::debug_span!("commit")).await;
+        let answer = self.guarded_exchange(exchange, parts, body).await;
         metrics.inflight_claims.dec();
         answer
+    }
+
+    /// The exchange, holding the delivery's entity when the route has a stale guard.
+    async fn guarded_exchange(&self, exchange: Exchange, parts: Parts, body: Bytes) -> Result<Response<Body>, Problem> {
+        let route = exchange.route.clone();
+        // Shadow mode forwards everything: it has nothing to guard.
+        let named = match (&route.stale, exchange.forward_key) {
+            (Some(guard), true) => stale::identify(guard, &parts, &body, &exchange.lease.id),
+            _ => None,
+        };
+        let Some((entity, version)) = named else {
+            let captured = self
+                .forward_and_capture(&exchange, parts, body, false)
+                .instrument(tracing::debug_span!("forward"))
+                .await;
+            return self.commit(exchange, captured).instrument(tracing::debug_span!("commit")).await;
+        };
+        let entity = match stale::enter(&self.gate, &route, entity, version).await {
+            Ok(entity) => entity,
+            Err(problem) => {
+                exchange.lease.release().await;
+                return Err(problem);
+            }
+        };
+        let stale = entity.stale();
+        if stale {
+            if let Some(facts) = parts.extensions.get::<Facts>() {
+                facts.outcome(Outcome::stale);
+            }
+            let newer = entity.newer.as_ref().map(ToString::to_string);
+            tracing::info!(route = %route.name, entity = %entity.id.key, version = %entity.version, newer, "stale delivery");
+        }
+        let answer = if stale && route.stale.as_ref().is_some_and(|g| g.action == StaleAction::Ack) {
+            self.ack_stale(exchange).await
+        } else {
+            let captured = self
+                .forward_and_capture(&exchange, parts, body, stale)
+                .instrument(tracing::debug_span!("forward"))
+                .await;
+            let completes = matches!(&captured, Ok(c) if route.store_status.contains(c.status));
+            let answer = self.commit(exchange, captured).instrument(tracing::debug_span!("commit")).await;
+            if completes && !stale && answer.is_ok() {
+                entity.completed(&self.gate, &route).await;
+            }
+            answer
+        };
+        entity.leave().await;
+        answer
+    }
+
+    /// `action: ack`: the key completes with a small acknowledgement, durably, as any response
+    /// would, so a duplicate of the stale delivery is replayed the same answer.
+    async fn ack_stale(&self, exchange: Exchange) -> Result<Response<Body>, Problem> {
+        let Exchange { route, mut lease, fingerprint, .. } = exchange;
+        let response = StoredResponse {
+            status: 200,
+            headers: vec![
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (HeaderName::from_static("idempotent-stale"), HeaderValue::from_static("true")),
+            ],
+            body: stale::ack_body(&lease.id.key),
+            body_omitted: false,
+        };
+        let completed = Completed {
+            fingerprint,
+            response: response.clone(),
+            created_ms: lease.claimed_ms,
+            expires_ms: now_ms().saturating_add(route.policy.ttl.0.as_millis() as i64),
+        };
+        if let Err(e) = self.complete_within_lease(&route, &mut lease, completed).await {
+            lease.release().await;
+            return Err(e.into());
+        }
+        Ok(replay::respond(&response))
     }
 
     /// Stage `forward` then `capture`: the app's response with its body read up to the limit.
@@ -277,6 +350,7 @@ where
         exchange: &Exchange,
         mut parts: Parts,
         body: Bytes,
+        flag_stale: bool,
     ) -> Result<Captured<RB>, Problem> {
         let route = &exchange.route;
         let memory = parts.extensions.remove::<Reserved>();
@@ -286,6 +360,12 @@ where
         if exchange.forward_key {
             let key = HeaderValue::from_str(&exchange.lease.id.key).map_err(|_| KeyError::NotVisible("key".into()))?;
             parts.headers.insert(route.forward_key_header.clone(), key);
+        }
+        if route.stale.is_some() {
+            parts.headers.remove(stale::FLAG_HEADER);
+            if flag_stale {
+                parts.headers.insert(stale::FLAG_HEADER, HeaderValue::from_static("true"));
+            }
         }
         let start = Instant::now();
         let deadline = start + self.gate.upstream_timeout;

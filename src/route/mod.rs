@@ -41,6 +41,46 @@ pub struct Route {
     pub store_status: StatusSet,
     pub forward_key_header: http::HeaderName,
     pub policy: Policy,
+    /// The stale-event guard, if the route has one.
+    pub stale: Option<StaleGuard>,
+    /// What `check` mentions on a route without a guard whose preset suggests one.
+    stale_suggestion: Option<String>,
+}
+
+/// Where a delivery's entity and version come from, and what a stale one gets.
+#[derive(Debug)]
+pub struct StaleGuard {
+    pub entity: KeyExtractor,
+    pub version: KeyExtractor,
+    pub action: crate::config::StaleAction,
+}
+
+impl StaleGuard {
+    fn compile(
+        spec: &crate::config::StaleSpec,
+        preset: Option<&crate::preset::PresetDefaults>,
+    ) -> Result<StaleGuard, String> {
+        let cfg = match spec {
+            crate::config::StaleSpec::Guard(cfg) => cfg,
+            crate::config::StaleSpec::Preset(_) => preset
+                .and_then(|p| p.stale.as_ref())
+                .ok_or("stale: preset needs a preset that suggests a guard (stripe, shopify)")?,
+        };
+        Ok(StaleGuard {
+            entity: KeyExtractor::compile(&cfg.entity).map_err(|e| format!("stale.entity: {e}"))?,
+            version: KeyExtractor::compile(&cfg.version).map_err(|e| format!("stale.version: {e}"))?,
+            action: cfg.action,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let action = format!("{:?}", self.action).to_lowercase();
+        format!(
+            "; stale guard: entity {}, version {}, action {action}",
+            self.entity.describe(),
+            self.version.describe()
+        )
+    }
 }
 
 impl Route {
@@ -72,7 +112,16 @@ impl Route {
         let store_status = StatusSet::parse(&policy.store_status).map_err(|e| format!("store_status: {e}"))?;
         let forward_key_header = http::HeaderName::from_bytes(policy.forward_key_header.as_bytes())
             .map_err(|_| format!("forward_key_header: {:?} is not a header name", policy.forward_key_header))?;
+        let stale = cfg.stale.as_ref().map(|spec| StaleGuard::compile(spec, preset.as_ref())).transpose()?;
         check_policy(&policy, upstream_timeout)?;
+        if stale.is_some() && policy.lease.0 <= policy.wait_timeout.0 + upstream_timeout.0 {
+            // A delivery may wait `wait_timeout` for its entity, then the app may take
+            // `upstream.timeout`, all under the key's lease.
+            return Err(format!(
+                "lease: {} must be longer than wait_timeout ({}) plus upstream.timeout ({upstream_timeout}) on a route with stale",
+                policy.lease, policy.wait_timeout
+            ));
+        }
         Ok(Route {
             name: cfg.name.as_str().into(),
             index: 0,
@@ -86,6 +135,13 @@ impl Route {
             store_status,
             forward_key_header,
             policy,
+            stale_suggestion: preset
+                .as_ref()
+                .and_then(|p| p.stale.as_ref())
+                .filter(|_| stale.is_none())
+                .and_then(|g| StaleGuard::compile(&crate::config::StaleSpec::Guard(g.clone()), None).ok())
+                .map(|g| format!("; the preset suggests `stale: preset`{}", g.describe())),
+            stale,
         })
     }
 
@@ -97,6 +153,18 @@ impl Route {
     /// What `check` should warn about: a ttl shorter than the provider's retry window lets a late
     /// retry through as a first delivery.
     pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.shadow() && self.stale.is_some() {
+            warnings.push(format!(
+                "route {}: shadow mode forwards everything; its stale guard applies once it enforces",
+                self.name
+            ));
+        }
+        warnings.extend(self.retry_warning());
+        warnings
+    }
+
+    fn retry_warning(&self) -> Vec<String> {
         match self.retry_window {
             Some(window) if self.policy.ttl.0 < window => vec![format!(
                 "route {}: ttl {} is shorter than the provider's retry window ({}); late retries will be forwarded again",
@@ -115,7 +183,9 @@ impl Route {
             "{name}: {matcher}; key {key}{scope}; ttl {ttl}, lease {lease}, concurrent {conc}, \
              store_status {status:?}, max_body {mb}, max_response_body {mrb}, missing_key {mk}, fingerprint {fp}{mode}",
             name = self.name,
-            mode = if self.shadow() { "; mode shadow (forwards everything)" } else { "" },
+            mode = if self.shadow() { "; mode shadow (forwards everything)".to_string() } else { String::new() }
+                + &self.stale.as_ref().map(StaleGuard::describe).unwrap_or_default()
+                + self.stale_suggestion.as_deref().unwrap_or_default(),
             matcher = self.matcher.describe(),
             key = self.key.describe(),
             scope = match (&self.scope, self.credentials_scoped) {
