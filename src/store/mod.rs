@@ -6,6 +6,7 @@
 
 mod cache;
 mod postgres;
+pub mod queue;
 mod record;
 mod redis;
 mod sqlite;
@@ -92,6 +93,62 @@ pub trait Store: Send + Sync + 'static {
     fn raise_version(&self, id: RecordId, version: Version, expires_ms: i64) -> StoreFuture<()>;
     /// Proves the store can be written now (for readiness).
     fn check_writable(&self) -> StoreFuture<()>;
+    /// Whether this backend keeps async routes' events (`check` refuses `mode: async` otherwise).
+    fn supports_queue(&self) -> bool {
+        false
+    }
+    /// Keeps a first-seen event, durably before it answers `Queued` (SQLite: after the WAL sync);
+    /// a known key answers `Duplicate` with its state and changes nothing; past `queue_limit`
+    /// events queued or delivering on the route, `Full`.
+    fn enqueue(&self, _event: queue::NewEvent) -> StoreFuture<queue::Enqueued> {
+        unsupported()
+    }
+    /// Leases up to `max` events of `route` that are due to `token` until `now_ms + lease_ms`,
+    /// marking them delivering and counting the attempt; returned in arrival order. Due: queued
+    /// with `next_attempt_ms <= now_ms`, or delivering with a lease that ended (an interrupted
+    /// delivery). An event with an `order_key` is due only if no earlier event with the same key
+    /// is queued or delivering. On PostgreSQL each event is leased to one replica at a time
+    /// (`FOR UPDATE SKIP LOCKED`).
+    fn take_due(
+        &self,
+        _route: &str,
+        _now_ms: i64,
+        _max: usize,
+        _token: u64,
+        _lease_ms: i64,
+    ) -> StoreFuture<Vec<queue::QueuedEvent>> {
+        unsupported()
+    }
+    /// Records how an attempt ended, if `token` still holds the event; false if it does not.
+    fn finish_attempt(
+        &self,
+        _id: RecordId,
+        _token: u64,
+        _attempted: queue::Attempted,
+        _now_ms: i64,
+    ) -> StoreFuture<bool> {
+        unsupported()
+    }
+    /// The event of a key on an async route, in any state.
+    fn event(&self, _id: RecordId) -> StoreFuture<Option<queue::QueuedEvent>> {
+        unsupported()
+    }
+    /// Up to `limit` dead letters of `route`, oldest first.
+    fn dead_letters(&self, _route: &str, _limit: usize) -> StoreFuture<Vec<queue::QueuedEvent>> {
+        unsupported()
+    }
+    /// Queues a dead letter again: attempt count 0, `first_seen_ms` now (a fresh `max_age`),
+    /// due now. False if the key is not a dead letter.
+    fn retry_dead(&self, _id: RecordId, _now_ms: i64) -> StoreFuture<bool> {
+        unsupported()
+    }
+    /// Forgets an event and its key, whatever its state; false if there was none.
+    fn forget_event(&self, _id: RecordId) -> StoreFuture<bool> {
+        unsupported()
+    }
+    fn queue_stats(&self, _route: &str) -> StoreFuture<queue::QueueStats> {
+        unsupported()
+    }
     /// Finishes queued work and closes the backend.
     fn close(&self) -> StoreFuture<()>;
     /// The completed record of `id`, read without waiting for writes, where the backend can (SQLite:
@@ -109,6 +166,10 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> StoreFuture<Option<StoreStats>> {
         Box::pin(async { Ok(None) })
     }
+}
+
+fn unsupported<T: Send + 'static>() -> StoreFuture<T> {
+    Box::pin(async { Err(StoreError::Unavailable("this store does not keep async routes' events".into())) })
 }
 
 /// The store's size, for the `idemgate_store_*` gauges.
