@@ -63,6 +63,9 @@ pub enum Problem {
     /// The app already has `upstream.max_in_flight` requests: shed rather than queued.
     #[error("the app has as many requests in flight as upstream.max_in_flight allows")]
     UpstreamBusy,
+    /// An async route's queue holds `delivery.queue_limit` events waiting or being delivered.
+    #[error("the route's delivery queue is full ({0} events waiting or being delivered)")]
+    QueueFull(u64),
     /// A bug in idemgate (a task that panicked); never the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -96,7 +99,9 @@ impl Problem {
             Problem::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Problem::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Problem::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Problem::Store(_) | Problem::OverBudget(_) | Problem::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::Store(_) | Problem::OverBudget(_) | Problem::UpstreamBusy | Problem::QueueFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Problem::NotFound(_) | Problem::NoRoute => StatusCode::NOT_FOUND,
             Problem::Unauthorized | Problem::Unverified(_) => StatusCode::UNAUTHORIZED,
         }
@@ -119,6 +124,7 @@ impl Problem {
             Problem::Store(_) => "store-unavailable",
             Problem::OverBudget(_) => "memory-budget",
             Problem::UpstreamBusy => "upstream-busy",
+            Problem::QueueFull(_) => "queue-full",
             Problem::NotFound(_) => "not-found",
             Problem::NoRoute => "no-route",
             Problem::Unauthorized => "unauthorized",
@@ -146,6 +152,7 @@ impl Problem {
             Problem::Store(_) => "Idempotency store unavailable",
             Problem::OverBudget(_) => "Too many bodies in memory",
             Problem::UpstreamBusy => "Upstream busy",
+            Problem::QueueFull(_) => "Delivery queue full",
             Problem::NotFound(_) => "Not found",
             Problem::NoRoute => "No route",
             Problem::Unauthorized => "Unauthorized",
@@ -182,6 +189,8 @@ impl Problem {
             | Problem::Store(_)
             | Problem::UpstreamBusy
             | Problem::OverBudget(_) => Some(1),
+            // A full queue drains at the app's pace: a little later is enough.
+            Problem::QueueFull(_) => Some(30),
             _ => None,
         }
     }

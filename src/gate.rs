@@ -37,6 +37,8 @@ pub struct Gate {
     /// Exchanges run on tasks of their own (they outlive a client that goes away); the drain
     /// waits for them, so a graceful stop never leaves an answered key uncommitted.
     pub(crate) exchanges: TaskTracker,
+    /// Wakes the async delivery worker when an event is queued.
+    pub(crate) deliveries: crate::delivery::Wakeup,
 }
 
 /// The routes serving now, with their metric handles resolved once.
@@ -96,6 +98,7 @@ impl Gate {
             upstream_timeout: options.upstream_timeout,
             legacy: options.legacy,
             exchanges: TaskTracker::new(),
+            deliveries: crate::delivery::Wakeup::default(),
             metrics,
         }
     }

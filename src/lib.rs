@@ -31,13 +31,15 @@
 //! [`telemetry`] say what happened. [`store`] holds the backends: SQLite for one pod,
 //! PostgreSQL or Redis shared by several replicas, behind one trait and one behavioural suite.
 //! [`gate`] is the state every request shares. [`version`] orders an entity's events for a route's
-//! stale guard.
+//! stale guard. On async routes ([`idempotency::stage`] acknowledges, stores the request), [`delivery`]
+//! is the worker that delivers queued events to the app, with retries and dead letters.
 
 pub mod admin;
 pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod decide;
+pub mod delivery;
 pub mod error;
 pub mod fingerprint;
 pub mod gate;

@@ -32,6 +32,39 @@ enum Command {
         #[arg(long, env = "IDEMGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Dead letters of an async route, through the admin listener of this config's proxy.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetters,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetters {
+    /// Print the route's dead letters as JSON, oldest first.
+    List {
+        #[arg(long, env = "IDEMGATE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+    },
+    /// Queue a dead letter again, with fresh attempts.
+    Retry(DeadLetter),
+    /// Forget a dead letter and its key: the provider's next redelivery is queued anew.
+    Purge(DeadLetter),
+}
+
+#[derive(clap::Args)]
+struct DeadLetter {
+    #[arg(long, env = "IDEMGATE_CONFIG")]
+    config: PathBuf,
+    #[arg(long)]
+    route: String,
+    #[arg(long)]
+    key: String,
+    /// The scope value, on a route with `scope`.
+    #[arg(long)]
+    scope: Option<String>,
 }
 
 /// An invalid config (or command line) exits 2; a failure at run time exits 1.
@@ -42,6 +75,43 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
         Command::Health { config } => health(&config),
+        Command::DeadLetters { action } => dead_letters(action),
+    }
+}
+
+fn dead_letters(action: DeadLetters) -> ExitCode {
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let (config, method, path) = match &action {
+        DeadLetters::List { config, route } => (config, "GET", format!("/admin/dead-letters?route={}", enc(route))),
+        DeadLetters::Retry(d) | DeadLetters::Purge(d) => {
+            let scope = d.scope.as_deref().map(|s| format!("?scope={}", enc(s))).unwrap_or_default();
+            let (method, suffix) =
+                if matches!(action, DeadLetters::Retry(_)) { ("POST", "/retry") } else { ("DELETE", "") };
+            (&d.config, method, format!("/admin/dead-letters/{}/{}{suffix}{scope}", enc(&d.route), enc(&d.key)))
+        }
+    };
+    let cfg = match config::load(config) {
+        Ok(cfg) => cfg,
+        Err(e) => return invalid(&e),
+    };
+    let timeout = std::time::Duration::from_secs(10);
+    match idemgate::admin::call(cfg.admin.listen, method, &path, cfg.admin.token.as_deref(), timeout) {
+        Ok((status, body)) if (200..300).contains(&status) => {
+            match action {
+                DeadLetters::List { .. } => println!("{body}"),
+                DeadLetters::Retry(d) => println!("queued again: {} on route {}", d.key, d.route),
+                DeadLetters::Purge(d) => println!("forgotten: {} on route {}", d.key, d.route),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("{method} {path}: {status} {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("the admin listener could not be reached: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

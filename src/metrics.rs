@@ -28,10 +28,12 @@ pub enum Outcome {
     shadow,
     /// An older version of an entity than one already completed (the stale guard).
     stale,
+    /// On an async route: stored durably and acknowledged, to be delivered by a worker.
+    queued,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::forwarded,
         Outcome::replayed,
         Outcome::conflict,
@@ -43,6 +45,7 @@ impl Outcome {
         Outcome::unverified,
         Outcome::shadow,
         Outcome::stale,
+        Outcome::queued,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Outcome {
             Outcome::unverified => "unverified",
             Outcome::shadow => "shadow",
             Outcome::stale => "stale",
+            Outcome::queued => "queued",
         }
     }
 }
@@ -88,6 +92,40 @@ impl Would {
             Would::rejected => "rejected",
             Would::unverified => "unverified",
         }
+    }
+}
+
+/// How a delivery attempt on an async route ended, as counted in
+/// `idemgate_delivery_attempts_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AttemptResult {
+    /// It completed the event.
+    ok,
+    /// Another attempt follows.
+    retry,
+    /// It made a dead letter.
+    dead,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub route: String,
+    pub result: AttemptResult,
+}
+
+/// One async route's queue series, resolved once.
+#[derive(Clone)]
+pub struct QueueMetrics {
+    pub depth: Gauge,
+    pub oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub dead_letters: Gauge,
+    attempts: [Counter; 3],
+}
+
+impl QueueMetrics {
+    pub fn attempt(&self, result: AttemptResult) {
+        self.attempts[result as usize].inc();
     }
 }
 
@@ -208,6 +246,10 @@ pub struct Metrics {
     pub lease_expiries: Family<RouteLabel, Counter>,
     /// Requests on shadow routes by what enforcing would have done.
     pub shadow: Family<ShadowLabels, Counter>,
+    queue_depth: Family<RouteLabel, Gauge>,
+    queue_oldest_age: Family<RouteLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    delivery_attempts: Family<AttemptLabels, Counter>,
+    dead_letters: Family<RouteLabel, Gauge>,
     pub config_reloads: Family<ReloadLabel, Counter>,
     /// Keys that a request of this process holds or waits for (`concurrent: wait`).
     pub wait_keys: Gauge,
@@ -243,6 +285,10 @@ impl Metrics {
         let (store_records, store_bytes, store_wal_bytes): (Gauge, Gauge, Gauge) = Default::default();
         let lease_expiries = Family::<RouteLabel, Counter>::default();
         let shadow = Family::<ShadowLabels, Counter>::default();
+        let queue_depth = Family::<RouteLabel, Gauge>::default();
+        let queue_oldest_age = Family::<RouteLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let delivery_attempts = Family::<AttemptLabels, Counter>::default();
+        let dead_letters = Family::<RouteLabel, Gauge>::default();
         let config_reloads = Family::<ReloadLabel, Counter>::default();
         let (wait_keys, buffered_bytes, budget_refusals): (Gauge, Gauge, Counter) = Default::default();
         let completion_retries = Counter::default();
@@ -310,6 +356,26 @@ impl Metrics {
             shadow.clone(),
         );
         registry.register(
+            "idemgate_queue_depth",
+            "Events of async routes waiting for delivery or being delivered (dead letters excluded)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "idemgate_queue_oldest_age_seconds",
+            "Age of the oldest event of an async route waiting for delivery or being delivered; 0 when none",
+            queue_oldest_age.clone(),
+        );
+        registry.register(
+            "idemgate_delivery_attempts",
+            "Deliveries to the app on async routes by result: ok (completed the event), retry (another attempt follows), dead (made a dead letter)",
+            delivery_attempts.clone(),
+        );
+        registry.register(
+            "idemgate_dead_letters",
+            "Events of async routes that ran out of attempts or max_age, kept for an operator",
+            dead_letters.clone(),
+        );
+        registry.register(
             "idemgate_config_reloads",
             "Config reloads (SIGHUP or a change of the file) by result: applied, or refused as invalid",
             config_reloads.clone(),
@@ -342,6 +408,10 @@ impl Metrics {
             registry,
             lease_expiries,
             shadow,
+            queue_depth,
+            queue_oldest_age,
+            delivery_attempts,
+            dead_letters,
             config_reloads,
             requests,
             app_responses,
@@ -372,6 +442,19 @@ impl Metrics {
             app_classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
             lease_expiries: self.lease_expiries.get_or_create_owned(&RouteLabel { route: route.to_string() }),
             would: shadow.then(|| Would::ALL.map(would)),
+        }
+    }
+
+    /// An async route's queue series, created at 0.
+    pub fn queue(&self, route: &str) -> QueueMetrics {
+        let label = RouteLabel { route: route.to_string() };
+        let attempt =
+            |result| self.delivery_attempts.get_or_create_owned(&AttemptLabels { route: route.to_string(), result });
+        QueueMetrics {
+            depth: self.queue_depth.get_or_create_owned(&label),
+            oldest_age_seconds: self.queue_oldest_age.get_or_create_owned(&label),
+            dead_letters: self.dead_letters.get_or_create_owned(&label),
+            attempts: [AttemptResult::ok, AttemptResult::retry, AttemptResult::dead].map(attempt),
         }
     }
 

@@ -90,6 +90,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let backend = gate.records.backend().clone();
     let upstream = stack::upstream(client, config.upstream.timeout.0, config.upstream.max_in_flight);
+    let (stop_deliveries, deliveries_stopped) = watch::channel(false);
+    let grace = config.server.shutdown_grace.0;
+    let deliveries = tokio::spawn(crate::delivery::run(gate.clone(), upstream.clone(), deliveries_stopped, grace));
     let proxy = stack::proxy(gate.clone(), upstream);
     let admin = Arc::new(Admin::new(gate.clone(), metrics.clone(), config.admin.token.clone()));
 
@@ -133,12 +136,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_loop = tokio::spawn(admin_loop);
     let sweeper = spawn_sweeper(backend.clone(), SWEEP_EVERY, metrics.clone());
     let handles = (gate.clone(), metrics);
-    let grace = config.server.shutdown_grace.0;
 
     let task = tokio::spawn(async move {
         let mut stopped = stopped;
         stop_requested(&mut stopped).await;
         admin.set_draining();
+        // No new deliveries from now on; those in flight finish within the grace, beside the drain.
+        let _ = stop_deliveries.send(true);
         let proxy_conns = proxy_loop.await.unwrap_or_default();
         tracing::info!(in_flight = proxy_conns.count(), "shutting down: listener closed; draining connections");
         let started = tokio::time::Instant::now();
@@ -150,6 +154,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 "exchanges with the app still running after the shutdown grace; their keys wait for their lease"
             );
         }
+        let _ = deliveries.await;
         let _ = stop_admin.send(true);
         let _ = admin_loop.await;
         sweeper.abort();

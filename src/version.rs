@@ -88,6 +88,14 @@ impl Version {
         Some(Version::of(value))
     }
 
+    /// An instant as Unix milliseconds; `None` for an integer.
+    pub fn unix_ms(&self) -> Option<i64> {
+        match self.value {
+            Value::Instant(nanos) => i64::try_from(nanos.div_euclid(1_000_000)).ok(),
+            Value::Integer(_) => None,
+        }
+    }
+
     fn of(value: Value) -> Version {
         let encoded = match value {
             Value::Integer(n) => format!("{INTEGER}{n:0DIGITS$}"),

@@ -398,6 +398,106 @@ pub enum FingerprintSpec {
     Json(Vec<String>),
 }
 
+/// `delivery:` on a route (or in `defaults:`, replaced whole by a route's own).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    #[serde(default)]
+    pub mode: DeliveryMode,
+    /// What the sender gets once the event is stored durably.
+    #[serde(default = "DeliveryConfig::default_ack_status")]
+    pub ack_status: u16,
+    /// Deliveries to the app before the event becomes a dead letter.
+    #[serde(default = "DeliveryConfig::default_attempts")]
+    pub attempts: u32,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// An event not delivered within this (from its acknowledgement) becomes a dead letter.
+    #[serde(default = "DeliveryConfig::default_max_age")]
+    pub max_age: Dur,
+    /// Calls to the app at once for this route.
+    #[serde(default = "DeliveryConfig::default_concurrency")]
+    pub concurrency: usize,
+    /// Events with the same value are delivered one at a time, in arrival order.
+    pub order_by: Option<KeySpec>,
+    /// Events waiting or being delivered at most; beyond it new events get 503.
+    #[serde(default = "DeliveryConfig::default_queue_limit")]
+    pub queue_limit: u64,
+}
+
+impl DeliveryConfig {
+    fn default_ack_status() -> u16 {
+        202
+    }
+    fn default_attempts() -> u32 {
+        10
+    }
+    fn default_max_age() -> Dur {
+        Dur(Duration::from_secs(3 * 24 * 3600))
+    }
+    fn default_concurrency() -> usize {
+        4
+    }
+    fn default_queue_limit() -> u64 {
+        100_000
+    }
+
+    pub fn is_async(&self) -> bool {
+        self.mode == DeliveryMode::Async
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            mode: DeliveryMode::Sync,
+            ack_status: Self::default_ack_status(),
+            attempts: Self::default_attempts(),
+            backoff: BackoffConfig::default(),
+            max_age: Self::default_max_age(),
+            concurrency: Self::default_concurrency(),
+            order_by: None,
+            queue_limit: Self::default_queue_limit(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// The sender waits for the app's answer (today's behaviour).
+    #[default]
+    Sync,
+    /// Acknowledged once stored; delivered to the app by a worker, with retries.
+    Async,
+}
+
+/// Exponential with full jitter: after the n-th failed attempt, a uniformly random wait in
+/// `[0, min(max, initial * 2^(n-1))]`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default = "BackoffConfig::default_initial")]
+    pub initial: Dur,
+    #[serde(default = "BackoffConfig::default_max")]
+    pub max: Dur,
+}
+
+impl BackoffConfig {
+    fn default_initial() -> Dur {
+        Dur(Duration::from_secs(1))
+    }
+    fn default_max() -> Dur {
+        Dur(Duration::from_secs(600))
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig { initial: Self::default_initial(), max: Self::default_max() }
+    }
+}
+
 /// Whether a route enforces idempotency, or only shows what enforcing would do.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -507,6 +607,8 @@ policy_fields! {
     forward_key_header: String = "X-Idempotency-Key".to_string();
     /// `enforce`, or `shadow`: forward everything, count what enforcing would do.
     mode: RouteMode = RouteMode::Enforce;
+    /// `sync`, or `async`: acknowledge once stored, deliver to the app with retries.
+    delivery: DeliveryConfig = DeliveryConfig::default();
 }
 
 /// Reads the file, overlays the environment, and validates the result.
@@ -646,6 +748,12 @@ impl Config {
             }
             let compiled = crate::route::Route::compile(route, &self.defaults, self.upstream.timeout)
                 .map_err(|e| invalid(at, e))?;
+            if compiled.policy.delivery.is_async() && matches!(self.store.backend(), Backend::Redis(_)) {
+                return Err(invalid(
+                    format!("routes[{i}].delivery.mode"),
+                    "async needs a store that keeps a queue: sqlite or postgres (the redis store does not)",
+                ));
+            }
             // Such a route's largest deliveries could never be buffered: 503 for them forever.
             if compiled.policy.max_body > self.server.max_buffered_bytes {
                 return Err(invalid(

@@ -47,6 +47,7 @@
 //! With axum, `Router::new().route("/orders", post(handler)).layer(layer)`: see
 //! `examples/embed_axum.rs`.
 
+mod accept;
 mod lease;
 pub mod shadow;
 pub mod stage;
@@ -97,6 +98,17 @@ impl IdempotencyLayer {
     /// From a config built in code or loaded with [`crate::config::load`]. Opens its store and
     /// starts sweeping expired records from it.
     pub async fn from_config(config: &crate::config::Config) -> Result<IdempotencyLayer, EmbedError> {
+        if let Some(route) = config
+            .routes
+            .iter()
+            .find(|r| r.delivery.as_ref().or(config.defaults.delivery.as_ref()).is_some_and(|d| d.is_async()))
+        {
+            // Nothing would deliver what the layer acknowledged: the worker is the sidecar's.
+            return Err(EmbedError::Config(crate::config::ConfigError(format!(
+                "routes ({}).delivery.mode: async needs the idemgate sidecar; the embedded layer delivers synchronously",
+                route.name
+            ))));
+        }
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let gate = build_gate(config, metrics).await?;
         crate::store::spawn_sweeper(gate.records.backend().clone(), SWEEP_EVERY, gate.metrics.clone());

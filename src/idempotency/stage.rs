@@ -1,7 +1,8 @@
 //! The idempotency stage, in the order a request meets it:
 //!
 //! ```text
-//! identify ─► fingerprint ─► claim ─┬─ Replay ───────────────────────────► respond (replayed)
+//! identify ─► (async route: accept, see [`super::accept`])
+//!          ─► fingerprint ─► claim ─┬─ Replay ───────────────────────────► respond (replayed)
 //!                                   ├─ Mismatch (422) / InFlight (409) ─► respond
 //!                                   ├─ InFlight, concurrent: wait ──────► wait, claim again
 //!                                   └─ Owned(lease) ─► forward ─► capture ─► commit ─► respond
@@ -130,6 +131,9 @@ where
             return Ok(replay::stream(response));
         };
         note(&|f| f.key(&id.key));
+        if route.is_async() {
+            return super::accept::accept(&self.gate, &route, id, parts, body, facts.as_ref()).await;
+        }
         let fingerprint = fingerprint(&route, &parts, &body)?;
         let deadline = Instant::now() + route.policy.wait_timeout.0;
         let mut backoff = Backoff::default();

@@ -45,6 +45,8 @@ pub struct Route {
     pub stale: Option<StaleGuard>,
     /// What `check` mentions on a route without a guard whose preset suggests one.
     stale_suggestion: Option<String>,
+    /// On an async route: the source of `delivery.order_by`.
+    pub order_by: Option<KeyExtractor>,
 }
 
 /// Where a delivery's entity and version come from, and what a stale one gets.
@@ -114,6 +116,15 @@ impl Route {
             .map_err(|_| format!("forward_key_header: {:?} is not a header name", policy.forward_key_header))?;
         let stale = cfg.stale.as_ref().map(|spec| StaleGuard::compile(spec, preset.as_ref())).transpose()?;
         check_policy(&policy, upstream_timeout)?;
+        check_delivery(&policy.delivery, &policy, stale.is_some())?;
+        let order_by = policy
+            .delivery
+            .order_by
+            .as_ref()
+            .filter(|_| policy.delivery.is_async())
+            .map(KeyExtractor::compile)
+            .transpose()
+            .map_err(|e| format!("delivery.order_by: {e}"))?;
         if stale.is_some() && policy.lease.0 <= policy.wait_timeout.0 + upstream_timeout.0 {
             // A delivery may wait `wait_timeout` for its entity, then the app may take
             // `upstream.timeout`, all under the key's lease.
@@ -142,7 +153,13 @@ impl Route {
                 .and_then(|g| StaleGuard::compile(&crate::config::StaleSpec::Guard(g.clone()), None).ok())
                 .map(|g| format!("; the preset suggests `stale: preset`{}", g.describe())),
             stale,
+            order_by,
         })
+    }
+
+    /// `delivery: { mode: async }`: acknowledged once stored, delivered by a worker.
+    pub fn is_async(&self) -> bool {
+        self.policy.delivery.is_async()
     }
 
     /// In shadow mode: forward everything as it arrived, count what enforcing would do.
@@ -208,6 +225,40 @@ impl Route {
             },
         )
     }
+}
+
+fn check_delivery(d: &crate::config::DeliveryConfig, p: &Policy, stale: bool) -> Result<(), String> {
+    if !d.is_async() {
+        return Ok(());
+    }
+    if !(200..300).contains(&d.ack_status) {
+        return Err(format!("delivery.ack_status: {} is not a 2xx status", d.ack_status));
+    }
+    if d.attempts == 0 {
+        return Err("delivery.attempts: must be at least 1".into());
+    }
+    if d.concurrency == 0 {
+        return Err("delivery.concurrency: must be at least 1".into());
+    }
+    if d.queue_limit == 0 {
+        return Err("delivery.queue_limit: must be at least 1".into());
+    }
+    if d.backoff.initial.0.is_zero() || d.backoff.initial > d.backoff.max {
+        return Err(format!(
+            "delivery.backoff: initial ({}) must be above 0 and at most max ({})",
+            d.backoff.initial, d.backoff.max
+        ));
+    }
+    if stale {
+        return Err("stale: cannot be used with delivery: { mode: async } (yet)".into());
+    }
+    if p.mode == crate::config::RouteMode::Shadow {
+        return Err(
+            "mode: shadow forwards every request as it arrives; it cannot be used with delivery: { mode: async }"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn check_policy(p: &Policy, upstream_timeout: Dur) -> Result<(), String> {
