@@ -90,6 +90,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let backend = gate.records.backend().clone();
     let upstream = stack::upstream(client, config.upstream.timeout.0, config.upstream.max_in_flight);
+    // The async routes' queue series exist from the start, at 0.
+    for route in gate.routes().router.routes().iter().filter(|r| r.is_async()) {
+        metrics.queue(&route.name);
+    }
     let (stop_deliveries, deliveries_stopped) = watch::channel(false);
     let grace = config.server.shutdown_grace.0;
     let deliveries = tokio::spawn(crate::delivery::run(gate.clone(), upstream.clone(), deliveries_stopped, grace));

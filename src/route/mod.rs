@@ -167,6 +167,18 @@ impl Route {
         self.policy.mode == crate::config::RouteMode::Shadow
     }
 
+    fn describe_delivery(&self) -> String {
+        let d = &self.policy.delivery;
+        if !d.is_async() {
+            return String::new();
+        }
+        let order = self.order_by.as_ref().map(|o| format!(", order_by {}", o.describe())).unwrap_or_default();
+        format!(
+            "; delivery async (ack {}, attempts {}, backoff {}..{}, max_age {}, concurrency {}, queue_limit {}{order})",
+            d.ack_status, d.attempts, d.backoff.initial, d.backoff.max, d.max_age, d.concurrency, d.queue_limit
+        )
+    }
+
     /// What `check` should warn about: a ttl shorter than the provider's retry window lets a late
     /// retry through as a first delivery.
     pub fn warnings(&self) -> Vec<String> {
@@ -202,7 +214,8 @@ impl Route {
             name = self.name,
             mode = if self.shadow() { "; mode shadow (forwards everything)".to_string() } else { String::new() }
                 + &self.stale.as_ref().map(StaleGuard::describe).unwrap_or_default()
-                + self.stale_suggestion.as_deref().unwrap_or_default(),
+                + self.stale_suggestion.as_deref().unwrap_or_default()
+                + &self.describe_delivery(),
             matcher = self.matcher.describe(),
             key = self.key.describe(),
             scope = match (&self.scope, self.credentials_scoped) {

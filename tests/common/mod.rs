@@ -38,6 +38,9 @@ struct AppState {
     deliveries: Vec<Delivery>,
     /// Keys whose requests wait in the app until released.
     held: HashMap<String, Arc<Semaphore>>,
+    /// Requests inside the app now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// The upstream app. Counts deliveries per forwarded key (`X-Idempotency-Key`) and answers as each
@@ -46,6 +49,7 @@ struct AppState {
 /// - `x-test-delay-ms: 300` wait that long before answering (to exceed timeouts)
 /// - `x-test-body-size: 5000` answer with a body of that many bytes
 /// - `x-test-header: name=value` add that response header (repeatable)
+/// - `x-test-fail-times: 2` the first 2 deliveries of the key get 500 (or `x-test-status`), later ones 200
 ///
 /// The body otherwise is `{"key":K,"n":N}` with the key and how many times the app has seen it.
 pub struct TestApp {
@@ -107,6 +111,11 @@ impl TestApp {
         self.state.lock().unwrap().deliveries.iter().filter(|d| d.key == key).count()
     }
 
+    /// The most requests that were inside the app at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
+
     pub fn total(&self) -> usize {
         self.state.lock().unwrap().deliveries.len()
     }
@@ -155,6 +164,8 @@ async fn answer(
             body,
         });
         let n = st.deliveries.iter().filter(|d| d.key == key).count();
+        st.in_flight += 1;
+        st.max_in_flight = st.max_in_flight.max(st.in_flight);
         (n, st.held.get(&key).cloned())
     };
     let _ = arrivals.send(key.clone());
@@ -165,7 +176,12 @@ async fn answer(
     if let Some(ms) = header("x-test-delay-ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let status = header("x-test-status").and_then(|v| v.parse().ok()).unwrap_or(200);
+    let status = match header("x-test-fail-times").and_then(|v| v.parse::<usize>().ok()) {
+        Some(times) if n > times => 200,
+        Some(_) => header("x-test-status").and_then(|v| v.parse().ok()).unwrap_or(500),
+        None => header("x-test-status").and_then(|v| v.parse().ok()).unwrap_or(200),
+    };
+    state.lock().unwrap().in_flight -= 1;
     let body = match header("x-test-body-size").and_then(|v| v.parse::<usize>().ok()) {
         Some(size) => Bytes::from((0..size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()),
         None => Bytes::from(format!("{{\"key\":{key:?},\"n\":{n}}}")),

@@ -1,0 +1,293 @@
+//! Async delivery (`delivery: { mode: async }`): an event is acknowledged once stored durably and
+//! delivered to the app by a worker, with retries, dead letters, per-entity order and bounded
+//! concurrency; nothing acknowledged is lost across a restart.
+
+mod common;
+
+use common::{TestApp, TestClient, TestProxy, config_yaml, eventually};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An async route on `/hooks/async`, key `Idempotency-Key`, with `delivery` fields added.
+fn route(delivery: &str) -> String {
+    format!(
+        "routes:
+  - name: async
+    match: {{ path: /hooks/async }}
+    key: {{ header: Idempotency-Key }}
+    scope: none
+    delivery: {{ mode: async, backoff: {{ initial: 20ms, max: 50ms }}{delivery} }}
+"
+    )
+}
+
+async fn post(proxy: &TestProxy, key: &str, extra: &[(&str, &str)], body: &str) -> common::Reply {
+    let mut headers = vec![("idempotency-key", key), ("content-type", "application/json")];
+    headers.extend_from_slice(extra);
+    proxy.post("/hooks/async", &headers, body).await
+}
+
+async fn event(proxy: &TestProxy, key: &str) -> serde_json::Value {
+    proxy.admin.get(&format!("/admin/keys/async/{key}")).await.json()
+}
+
+/// Until the event of `key` is in `state` (10 s at most): polled, as an operator would.
+async fn until_state(proxy: &TestProxy, key: &str, state: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = event(proxy, key).await;
+        if last["state"] == state {
+            return last;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{key} never became {state}: {last}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_acknowledged_then_delivered_once_with_its_key_and_attempt() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &route("")).await;
+    assert_eq!(proxy.metric(r#"idemgate_queue_depth{route="async"}"#).await, 0.0);
+
+    let ack = post(&proxy, "evt-1", &[("x-custom", "kept")], r#"{"n":1}"#).await;
+    assert_eq!(ack.status, 202);
+    assert_eq!(ack.json(), serde_json::json!({ "key": "evt-1" }));
+    assert!(!ack.replayed());
+    assert_eq!(app.arrival().await, "evt-1");
+    let delivered = &app.deliveries()[0];
+    assert_eq!(delivered.headers["idempotency-attempt"], "1");
+    assert_eq!(delivered.headers["x-custom"], "kept", "delivered as it arrived");
+    assert_eq!(delivered.body, r#"{"n":1}"#);
+    assert_eq!(delivered.path_and_query, "/hooks/async");
+
+    let completed = until_state(&proxy, "evt-1", "completed").await;
+    assert_eq!(completed["attempts"], 1);
+    assert_eq!(completed["status"], 200);
+    let again = post(&proxy, "evt-1", &[], r#"{"n":1}"#).await;
+    assert_eq!((again.status.as_u16(), again.replayed()), (202, true));
+    assert_eq!(again.json(), serde_json::json!({ "key": "evt-1" }));
+    assert_eq!(app.count("evt-1"), 1);
+    assert_eq!(proxy.metric(r#"idemgate_requests_total{route="async",outcome="queued"}"#).await, 1.0);
+    assert_eq!(proxy.metric(r#"idemgate_requests_total{route="async",outcome="replayed"}"#).await, 1.0);
+    assert_eq!(proxy.metric(r#"idemgate_delivery_attempts_total{route="async",result="ok"}"#).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_while_queued_or_delivering_is_acknowledged_and_not_queued_twice() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &route("")).await;
+    app.hold("evt-2");
+    post(&proxy, "evt-2", &[], "{}").await;
+    assert_eq!(app.arrival().await, "evt-2");
+    assert_eq!(event(&proxy, "evt-2").await["state"], "delivering");
+    let again = post(&proxy, "evt-2", &[], "{}").await;
+    assert_eq!((again.status.as_u16(), again.replayed()), (202, true));
+    app.release("evt-2");
+    until_state(&proxy, "evt-2", "completed").await;
+    assert_eq!(app.count("evt-2"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_until_one_completes() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &route("")).await;
+    post(&proxy, "evt-3", &[("x-test-fail-times", "2")], "{}").await;
+    let done = until_state(&proxy, "evt-3", "completed").await;
+    assert_eq!(done["attempts"], 3);
+    let attempts: Vec<String> =
+        app.deliveries().iter().map(|d| d.headers["idempotency-attempt"].to_str().unwrap().to_string()).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    assert_eq!(proxy.metric(r#"idemgate_delivery_attempts_total{route="async",result="retry"}"#).await, 2.0);
+    assert_eq!(proxy.metric(r#"idemgate_delivery_attempts_total{route="async",result="ok"}"#).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_attempts_make_a_dead_letter_that_an_operator_can_retry_or_forget() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &route(", attempts: 2")).await;
+    post(&proxy, "evt-4", &[("x-test-fail-times", "2")], "{}").await;
+    let dead = until_state(&proxy, "evt-4", "dead").await;
+    assert_eq!((dead["attempts"].as_u64(), dead["status"].as_u64()), (Some(2), Some(500)));
+    let listed = proxy.admin.get("/admin/dead-letters?route=async").await.json();
+    assert_eq!(listed[0]["key"], "evt-4");
+    assert_eq!(listed[0]["attempts"], 2);
+    assert!(listed[0]["first_seen"].is_string() && listed[0]["last_attempt"].is_string(), "{listed}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            proxy.metric(r#"idemgate_dead_letters{route="async"}"#).await == 1.0
+        })
+        .await
+    );
+    assert_eq!(proxy.metric(r#"idemgate_delivery_attempts_total{route="async",result="dead"}"#).await, 1.0);
+
+    // Retried: fresh attempts, and the app (now answering 200) completes it.
+    let retried = proxy.admin.send("POST", "/admin/dead-letters/async/evt-4/retry", &[], "").await;
+    assert_eq!(retried.status, 202);
+    let done = until_state(&proxy, "evt-4", "completed").await;
+    assert_eq!(done["attempts"], 1, "a retried dead letter starts again at attempt 1");
+    assert_eq!(app.deliveries().last().unwrap().headers["idempotency-attempt"], "1");
+
+    // Forgotten: the key with it, so the provider's next redelivery is queued anew.
+    post(&proxy, "evt-5", &[("x-test-status", "500")], "{}").await;
+    until_state(&proxy, "evt-5", "dead").await;
+    let forgotten = proxy.admin.send("DELETE", "/admin/dead-letters/async/evt-5", &[], "").await;
+    assert_eq!(forgotten.status, 204);
+    assert_eq!(proxy.admin.get("/admin/keys/async/evt-5").await.status, 404);
+    let anew = post(&proxy, "evt-5", &[], "{}").await;
+    assert_eq!((anew.status.as_u16(), anew.replayed()), (202, false));
+    assert_eq!(proxy.admin.send("POST", "/admin/dead-letters/async/evt-1/retry", &[], "").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_makes_a_dead_letter_of_an_event_the_app_never_took() {
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idemgate.db");
+    let body = route(", attempts: 1000, max_age: 300ms");
+    let proxy = TestProxy::start_in(dir, db, &format!("http://127.0.0.1:{dead_port}"), &body).await;
+    assert_eq!(post(&proxy, "evt-6", &[], "{}").await.status, 202);
+    let dead = until_state(&proxy, "evt-6", "dead").await;
+    assert!(dead["attempts"].as_u64().unwrap() >= 1);
+    assert!(dead["error"].as_str().is_some_and(|e| !e.is_empty()), "the last error is kept: {dead}");
+}
+
+/// Events that share an `order_by` value reach the app one at a time, in arrival order; a
+/// failing head holds back only its own entity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_by_holds_back_only_the_failing_heads_entity() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &route(", attempts: 3, order_by: { json: /entity }")).await;
+    post(&proxy, "a-1", &[("x-test-status", "500")], r#"{"entity":"a"}"#).await;
+    post(&proxy, "a-2", &[], r#"{"entity":"a"}"#).await;
+    post(&proxy, "b-1", &[], r#"{"entity":"b"}"#).await;
+    until_state(&proxy, "a-1", "dead").await;
+    until_state(&proxy, "a-2", "completed").await;
+    until_state(&proxy, "b-1", "completed").await;
+    let order: Vec<String> = app.deliveries().iter().map(|d| d.key.clone()).collect();
+    let a2 = order.iter().position(|k| k == "a-2").unwrap();
+    let b1 = order.iter().position(|k| k == "b-1").unwrap();
+    let last_a1 = order.iter().rposition(|k| k == "a-1").unwrap();
+    assert_eq!(order.iter().filter(|k| *k == "a-1").count(), 3);
+    assert!(a2 > last_a1, "a-2 waited for a-1 to run out of attempts: {order:?}");
+    assert!(b1 < last_a1, "b-1 was not held back by a-1: {order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_concurrency_is_never_exceeded() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &route(", concurrency: 2")).await;
+    let keys: Vec<String> = (0..6).map(|i| format!("c-{i}")).collect();
+    for key in &keys {
+        app.hold(key);
+        assert_eq!(post(&proxy, key, &[], "{}").await.status, 202);
+    }
+    // Each arrival is let go only once it arrived: at most 2 are ever inside the app together.
+    for _ in &keys {
+        let key = app.arrival().await;
+        app.release(&key);
+    }
+    for key in &keys {
+        until_state(&proxy, key, "completed").await;
+    }
+    assert_eq!(app.max_in_flight(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_new_events_with_503() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &route(", concurrency: 1, queue_limit: 2")).await;
+    app.hold("q-1");
+    post(&proxy, "q-1", &[], "{}").await;
+    post(&proxy, "q-2", &[], "{}").await;
+    let full = post(&proxy, "q-3", &[], "{}").await;
+    assert!(full.assert_problem(503).ends_with("queue-full"));
+    assert!(full.header("retry-after").is_some());
+    app.release("q-1");
+    until_state(&proxy, "q-2", "completed").await;
+    assert_eq!(post(&proxy, "q-3", &[], "{}").await.status, 202, "room again once the queue drained");
+}
+
+/// Acknowledged events are in the store, not in memory: stopped with the app down, the proxy
+/// delivers them after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_events_are_delivered_after_a_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let upstream = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idemgate.db");
+    let body = route(", backoff: { initial: 10s, max: 10s }");
+    let proxy = TestProxy::start_in(dir, db.clone(), &upstream, &body).await;
+    for key in ["r-1", "r-2"] {
+        assert_eq!(post(&proxy, key, &[], "{}").await.status, 202);
+    }
+    let (dir, db) = proxy.stop().await;
+    let app = TestApp::start_on(&format!("127.0.0.1:{port}")).await;
+    let proxy = TestProxy::start_in(dir, db, &upstream, &route("")).await;
+    until_state(&proxy, "r-1", "completed").await;
+    until_state(&proxy, "r-2", "completed").await;
+    assert_eq!((app.count("r-1"), app.count("r-2")), (1, 1));
+}
+
+#[test]
+fn redis_is_refused_for_async_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("idemgate.yaml");
+    let body = format!("store: {{ redis: {{ url: \"redis://127.0.0.1:6379\" }} }}\n{}", route(""));
+    std::fs::write(&file, config_yaml("http://127.0.0.1:9", &dir.path().join("db"), &body)).unwrap();
+    let error = idemgate::config::load(&file).unwrap_err().to_string();
+    assert!(error.contains("routes[0].delivery.mode") && error.contains("redis"), "{error}");
+}
+
+#[test]
+fn delivery_fields_are_validated_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |delivery: &str| {
+        let file = dir.path().join("idemgate.yaml");
+        std::fs::write(&file, config_yaml("http://127.0.0.1:9", &dir.path().join("db"), &route(delivery))).unwrap();
+        idemgate::config::load(&file).map(|_| ()).map_err(|e| e.to_string())
+    };
+    assert!(load(", ack_status: 404").unwrap_err().contains("delivery.ack_status"));
+    assert!(load(", attempts: 0").unwrap_err().contains("delivery.attempts"));
+    assert!(load(", concurrency: 0").unwrap_err().contains("delivery.concurrency"));
+    assert!(load(", retries: 3").unwrap_err().contains("retries"));
+    assert_eq!(load(", ack_status: 200, attempts: 3, max_age: 1h, queue_limit: 10"), Ok(()));
+}
+
+/// The command line reaches the same endpoints through the config's admin listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letters_command_lists_retries_and_purges() {
+    let app = TestApp::start().await;
+    let proxy = Arc::new(TestProxy::start(&app, &route(", attempts: 1")).await);
+    post(&proxy, "cli-1", &[("x-test-fail-times", "1")], "{}").await;
+    until_state(&proxy, "cli-1", "dead").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("idemgate.yaml");
+    let yaml = config_yaml(&app.url(), &dir.path().join("db"), &route(""))
+        .replace("admin: { listen: 127.0.0.1:0 }", &format!("admin: {{ listen: {} }}", proxy.admin_addr));
+    std::fs::write(&file, yaml).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_idemgate"))
+            .arg("dead-letters")
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .env_remove("IDEMGATE_CONFIG")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, listed) = tokio::task::block_in_place(|| run(&["list", "--route", "async"]));
+    assert!(ok && listed.contains("\"cli-1\""), "{listed}");
+    let (ok, said) = tokio::task::block_in_place(|| run(&["retry", "--route", "async", "--key", "cli-1"]));
+    assert!(ok, "{said}");
+    until_state(&proxy, "cli-1", "completed").await;
+    post(&proxy, "cli-2", &[("x-test-status", "500")], "{}").await;
+    until_state(&proxy, "cli-2", "dead").await;
+    let (ok, said) = tokio::task::block_in_place(|| run(&["purge", "--route", "async", "--key", "cli-2"]));
+    assert!(ok, "{said}");
+    assert_eq!(proxy.admin.get("/admin/keys/async/cli-2").await.status, 404);
+    let (ok, said) = tokio::task::block_in_place(|| run(&["purge", "--route", "async", "--key", "cli-2"]));
+    assert!(!ok && said.contains("404"), "{said}");
+    let _ = TestClient::new(proxy.proxy_addr);
+}
