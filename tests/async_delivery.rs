@@ -291,3 +291,46 @@ async fn the_dead_letters_command_lists_retries_and_purges() {
     assert!(!ok && said.contains("404"), "{said}");
     let _ = TestClient::new(proxy.proxy_addr);
 }
+
+/// Two replicas on one PostgreSQL store drain one queue: each event is leased to one replica at
+/// a time, so with an app that always answers, no event reaches it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_never_deliver_one_event_twice() {
+    let Ok(url) = std::env::var("IDEMGATE_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED: IDEMGATE_TEST_POSTGRES_URL not set");
+        return;
+    };
+    let app = TestApp::start().await;
+    // A route of its own: the shared database may hold other runs' events.
+    let name = format!("async-{:x}", idemgate::store::now_ms());
+    let body = format!("store: {{ postgres: {{ url: \"{url}\" }} }}\n{}", route(", concurrency: 4"))
+        .replace("name: async", &format!("name: {name}"));
+    let replicas = [TestProxy::start(&app, &body).await, TestProxy::start(&app, &body).await];
+    let keys: Vec<String> = (0..60).map(|i| format!("{name}-{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let reply = replicas[i % 2]
+            .post("/hooks/async", &[("idempotency-key", key), ("content-type", "application/json")], "{}")
+            .await;
+        assert_eq!(reply.status, 202);
+    }
+    let all_completed = eventually(Duration::from_secs(20), || async {
+        let mut done = 0;
+        for key in &keys {
+            let event = replicas[0].admin.get(&format!("/admin/keys/{name}/{key}")).await.json();
+            done += usize::from(event["state"] == "completed");
+        }
+        done == keys.len()
+    })
+    .await;
+    assert!(all_completed, "every event completed");
+    for key in &keys {
+        assert_eq!(app.count(key), 1, "{key} delivered by one replica only");
+    }
+    let delivered_by = |replica: &TestProxy| {
+        let replica = replica.admin.clone();
+        let name = name.clone();
+        async move { replica.metric(&format!(r#"idemgate_delivery_attempts_total{{route="{name}",result="ok"}}"#)).await }
+    };
+    let (a, b) = (delivered_by(&replicas[0]).await, delivered_by(&replicas[1]).await);
+    assert_eq!(a + b, keys.len() as f64, "each delivery counted once, on the replica that made it ({a} + {b})");
+}

@@ -17,7 +17,7 @@ const RULES: &str = "deploy/prometheus/alerts.yaml";
 const README: &str = "deploy/README.md";
 
 /// The alerts deploy/README.md and the brief promise; the file may hold more.
-const EXPECTED_ALERTS: [&str; 10] = [
+const EXPECTED_ALERTS: [&str; 12] = [
     "IdemgateDown",
     "IdemgateNotReady",
     "IdemgateStoreErrors",
@@ -28,6 +28,8 @@ const EXPECTED_ALERTS: [&str; 10] = [
     "IdemgateLeaseExpiries",
     "IdemgateConfigReloadRefused",
     "IdemgateDuplicateRatioShift",
+    "IdemgateQueueOldestEventOld",
+    "IdemgateDeadLetters",
 ];
 
 fn read(relative: &str) -> String {
@@ -333,7 +335,12 @@ fn every_query_has_balanced_brackets() {
 #[tokio::test]
 async fn every_queried_metric_exists_in_a_scrape() {
     let app = TestApp::start().await;
-    let proxy = TestProxy::start(&app, HEADER_ROUTE).await;
+    // And an async route, whose queue series exist from the start.
+    let routes = format!(
+        "{HEADER_ROUTE}  - name: inbox\n    match: {{ path: /inbox }}\n    key: {{ header: Idempotency-Key }}\n    \
+         delivery: {{ mode: async }}\n"
+    );
+    let proxy = TestProxy::start(&app, &routes).await;
     let first = proxy.post("/hooks/a", &[("idempotency-key", "obs-1")], "{}").await;
     assert_eq!(first.status, 200);
     let duplicate = proxy.post("/hooks/a", &[("idempotency-key", "obs-1")], "{}").await;
