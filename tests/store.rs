@@ -67,7 +67,7 @@ async fn the_database_is_wal_versioned_and_created_with_its_folder() {
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     drop(conn);
     store.close().await.unwrap();
 
@@ -115,7 +115,7 @@ async fn a_version_1_database_is_migrated_with_its_records() {
     store.close().await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 /// A duplicate's claim that finds a completed record answers only once the WAL sync covering

@@ -5,6 +5,7 @@
 //! only after the backend has committed it.
 
 mod cache;
+mod event_row;
 mod postgres;
 pub mod queue;
 mod record;
@@ -80,8 +81,9 @@ pub trait Store: Send + Sync + 'static {
     fn release(&self, id: RecordId, token: u64) -> StoreFuture<()>;
     fn get(&self, id: RecordId) -> StoreFuture<Option<Record>>;
     fn delete(&self, id: RecordId) -> StoreFuture<bool>;
-    /// Deletes up to `batch` records and entity versions that expired before `now_ms`, records
-    /// first; returns how many.
+    /// Deletes up to `batch` records, entity versions and finished (completed or dead) events that
+    /// expired before `now_ms`, in that order; returns how many. Queued and delivering events
+    /// are never swept.
     fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize>;
     /// The highest version recorded for this entity (`id.key` is the entity value), unless
     /// expired at now.

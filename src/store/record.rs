@@ -35,14 +35,7 @@ pub struct StoredResponse {
 impl StoredResponse {
     /// `name:value\n` lines; header values cannot contain a newline, so this round-trips.
     pub fn encode_headers(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(value.as_bytes());
-            out.push(b'\n');
-        }
-        out
+        encode_headers(&self.headers)
     }
 
     pub fn decode_headers(bytes: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
@@ -79,6 +72,18 @@ impl StoredResponse {
         let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER).sum();
         self.body.len() + headers + PER_ENTRY
     }
+}
+
+/// Headers as [`StoredResponse::encode_headers`] writes them; stored requests use it too.
+pub(super) fn encode_headers(headers: &[(HeaderName, HeaderValue)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'\n');
+    }
+    out
 }
 
 /// A key whose response is stored.

@@ -14,6 +14,11 @@
 //! entity. A raise is one upsert whose `WHERE` keeps a higher version of the same kind (see
 //! [`versions`]); the sweeper deletes expired rows after expired records.
 //!
+//! **Async routes' events** live in `idemgate_events` (see [`events`]): an enqueue is one
+//! statement that inserts unless the key is known or the queue full, and replicas lease due events
+//! with `FOR UPDATE SKIP LOCKED`, so that each event is delivered by one replica at a time. An
+//! enqueue is answered once committed, which (with `synchronous_commit` on, see below) is durable.
+//!
 //! **Durability.** Every statement runs in autocommit: when `complete` returns, its transaction
 //! is committed. Whether committed means on disk is PostgreSQL's `synchronous_commit`: it must
 //! stay `on` (the default; `remote_write` / `remote_apply` are stronger still with synchronous
@@ -72,6 +77,7 @@
 //! **Clocks.** Times are the callers' wall clocks (`now_ms`): replicas' clocks should agree to well
 //! within a lease, as with any lease-based scheme.
 
+mod events;
 mod sql;
 #[cfg(test)]
 mod tests;
@@ -81,6 +87,7 @@ mod versions;
 
 pub use url::{PostgresTls, SslMode, UrlError};
 
+use super::queue::{Attempted, Enqueued, NewEvent, QueueStats, QueuedEvent};
 use super::{Claim, ClaimOutcome, Completed, Record, RecordId, Store, StoreError, StoreFuture};
 use crate::config::PostgresConfig;
 use crate::version::Version;
@@ -232,12 +239,15 @@ impl Store for PostgresStore {
     fn delete(&self, id: RecordId) -> StoreFuture<bool> {
         self.call(move |db| Box::pin(async move { sql::delete(&db, &id).await }))
     }
-    /// Records first, then versions with what is left of the batch, on one connection.
+    /// Records first, then versions, then finished events, each with what is left of the batch,
+    /// on one connection.
     fn sweep(&self, now_ms: i64, batch: usize) -> StoreFuture<usize> {
         self.call(move |db| {
             Box::pin(async move {
-                let records = sql::sweep(&db, now_ms, batch).await?;
-                Ok(records + versions::sweep(&db, now_ms, batch.saturating_sub(records)).await?)
+                let mut swept = sql::sweep(&db, now_ms, batch).await?;
+                swept += versions::sweep(&db, now_ms, batch.saturating_sub(swept)).await?;
+                swept += events::sweep(&db, now_ms, batch.saturating_sub(swept)).await?;
+                Ok(swept)
             })
         })
     }
@@ -251,6 +261,43 @@ impl Store for PostgresStore {
     }
     fn check_writable(&self) -> StoreFuture<()> {
         self.call(|db| Box::pin(async move { sql::check_writable(&db).await }))
+    }
+    fn supports_queue(&self) -> bool {
+        true
+    }
+    fn enqueue(&self, event: NewEvent) -> StoreFuture<Enqueued> {
+        self.call(move |db| Box::pin(async move { events::enqueue(&db, &event).await }))
+    }
+    fn take_due(
+        &self,
+        route: &str,
+        now_ms: i64,
+        max: usize,
+        token: u64,
+        lease_ms: i64,
+    ) -> StoreFuture<Vec<QueuedEvent>> {
+        let route = route.to_string();
+        self.call(move |db| Box::pin(async move { events::take_due(&db, &route, now_ms, max, token, lease_ms).await }))
+    }
+    fn finish_attempt(&self, id: RecordId, token: u64, attempted: Attempted, _now_ms: i64) -> StoreFuture<bool> {
+        self.call(move |db| Box::pin(async move { events::finish_attempt(&db, &id, token, &attempted).await }))
+    }
+    fn event(&self, id: RecordId) -> StoreFuture<Option<QueuedEvent>> {
+        self.call(move |db| Box::pin(async move { events::event(&db, &id).await }))
+    }
+    fn dead_letters(&self, route: &str, limit: usize) -> StoreFuture<Vec<QueuedEvent>> {
+        let route = route.to_string();
+        self.call(move |db| Box::pin(async move { events::dead_letters(&db, &route, limit).await }))
+    }
+    fn retry_dead(&self, id: RecordId, now_ms: i64) -> StoreFuture<bool> {
+        self.call(move |db| Box::pin(async move { events::retry_dead(&db, &id, now_ms).await }))
+    }
+    fn forget_event(&self, id: RecordId) -> StoreFuture<bool> {
+        self.call(move |db| Box::pin(async move { events::forget(&db, &id).await }))
+    }
+    fn queue_stats(&self, route: &str) -> StoreFuture<QueueStats> {
+        let route = route.to_string();
+        self.call(move |db| Box::pin(async move { events::stats(&db, &route).await }))
     }
     /// Closes the pool: idle connections now, those in use when their operation ends. Every
     /// later operation answers [`StoreError::Closed`]. Nothing is queued, so nothing is lost.

@@ -43,6 +43,16 @@ impl Db<'_> {
         }
     }
 
+    /// Every row, as `query_typed` / `query`.
+    pub(super) async fn query(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Failure> {
+        if self.prepared {
+            let statement = self.client.prepare_typed_cached(sql.text, sql.types).await?;
+            Ok(self.client.query(&statement, params).await?)
+        } else {
+            Ok(self.client.query_typed(sql.text, &typed(sql, params)).await?)
+        }
+    }
+
     /// The number of rows changed, as `execute_typed` / `execute`.
     pub(super) async fn execute(&self, sql: &Sql, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Failure> {
         if self.prepared {
@@ -105,7 +115,7 @@ pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
-pub(super) const SCHEMA_VERSION: i32 = 2;
+pub(super) const SCHEMA_VERSION: i32 = 3;
 
 /// The key of the transaction-level advisory lock that serialises migrations across replicas
 /// ("idemgate" in ASCII).
@@ -136,7 +146,7 @@ CREATE INDEX IF NOT EXISTS idemgate_records_expiry ON idemgate_records (expires_
 /// Version 2: each entity's highest version for the stale guard ([`crate::version::Version`]'s
 /// encoding). `COLLATE "C"`: text compares byte by byte, which is the versions' order, whatever
 /// the database's default collation.
-const SCHEMA_V2: &str = r#"
+pub(super) const SCHEMA_V2: &str = r#"
 CREATE TABLE IF NOT EXISTS idemgate_versions (
     route      text   NOT NULL,
     scope      text   NOT NULL,              -- as in idemgate_records
@@ -147,6 +157,55 @@ CREATE TABLE IF NOT EXISTS idemgate_versions (
 );
 CREATE INDEX IF NOT EXISTS idemgate_versions_expiry ON idemgate_versions (expires_ms);
 "#;
+
+/// Version 3: async routes' events (see [`crate::store::queue`]). `seq` is the arrival order, as
+/// the identity hands it out (in insertion order; two inserts at once may commit the other way
+/// round, and arrivals that close together have no order to keep anyway).
+///
+/// The indexes other than the key's are partial, each over the events one operation looks for,
+/// so that none of them wades through a route's completed events (a day's worth, on a busy
+/// route): `waiting` holds the queued and delivering events of a route in arrival order, so that
+/// `take_due` walks it from the oldest and stops after `max`; the queue's length is counted on
+/// it. `ordered` holds the waiting events of each order key, for the test of an earlier one;
+/// `dead` the dead letters in the order they are listed; `expiry` what the sweep may delete.
+/// Statements name the states as literals, as these predicates do: a prepared statement's generic
+/// plan could not prove a predicate from a parameter.
+pub(super) const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS idemgate_events (
+    seq                   bigint   GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    route                 text     NOT NULL,
+    scope                 text     NOT NULL,          -- as in idemgate_records
+    key                   text     NOT NULL,
+    state                 smallint NOT NULL,          -- 0 queued, 1 delivering, 2 completed, 3 dead
+    order_key             text,                       -- order_by's value: one at a time per value
+    method                text     NOT NULL,
+    target                text     NOT NULL,
+    headers               bytea    NOT NULL,          -- name:value lines
+    body                  bytea    NOT NULL,
+    attempts              integer  NOT NULL,
+    first_seen_ms         bigint   NOT NULL,          -- max_age counts from here
+    next_attempt_ms       bigint   NOT NULL,
+    last_attempt_ms       bigint,
+    last_status           integer,
+    last_error            text,
+    token                 bigint,                     -- the worker leasing it, while delivering
+    lease_until_ms        bigint,
+    expires_ms            bigint   NOT NULL,          -- swept after this once completed or dead
+    response_status       integer,
+    response_headers      bytea,
+    response_body         bytea,
+    response_body_omitted boolean  NOT NULL DEFAULT false,
+    UNIQUE (route, scope, key)
+);
+CREATE INDEX IF NOT EXISTS idemgate_events_waiting ON idemgate_events (route, seq) WHERE state IN (0, 1);
+CREATE INDEX IF NOT EXISTS idemgate_events_ordered ON idemgate_events (route, scope, order_key, seq)
+    WHERE order_key IS NOT NULL AND state IN (0, 1);
+CREATE INDEX IF NOT EXISTS idemgate_events_dead ON idemgate_events (route, first_seen_ms, seq) WHERE state = 3;
+CREATE INDEX IF NOT EXISTS idemgate_events_expiry ON idemgate_events (expires_ms) WHERE state IN (2, 3);
+";
+
+/// Each version's step: a schema at version `v` runs the steps after the first `v`.
+const STEPS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// Creates or migrates the schema in one transaction that holds [`MIGRATION_LOCK`], so replicas
 /// starting together migrate once. A schema already current is only read, so a role with no
@@ -164,23 +223,23 @@ pub(super) async fn migrate(client: &mut Client) -> Result<String, Failure> {
         None
     };
     match version {
-        None => {
-            tx.batch_execute(SCHEMA_V1).await?;
-            tx.batch_execute(SCHEMA_V2).await?;
-            tx.execute_typed("INSERT INTO idemgate_schema (version) VALUES ($1)", &[(&SCHEMA_VERSION, Type::INT4)])
-                .await?;
-        }
         Some(v) if v > SCHEMA_VERSION => {
             return Err(Failure::Store(format!(
                 "the PostgreSQL schema is at version {v}, newer than this idemgate understands ({SCHEMA_VERSION})"
             )));
         }
-        // Version 1 gains the versions table; later versions add their steps here.
-        Some(1) => {
-            tx.batch_execute(SCHEMA_V2).await?;
-            tx.execute_typed("UPDATE idemgate_schema SET version = $1", &[(&SCHEMA_VERSION, Type::INT4)]).await?;
+        Some(v) if v == SCHEMA_VERSION => {}
+        _ => {
+            let done = version.map_or(0, |v| usize::try_from(v).unwrap_or(0));
+            for step in &STEPS[done.min(STEPS.len())..] {
+                tx.batch_execute(step).await?;
+            }
+            let record = match version {
+                None => "INSERT INTO idemgate_schema (version) VALUES ($1)",
+                Some(_) => "UPDATE idemgate_schema SET version = $1",
+            };
+            tx.execute_typed(record, &[(&SCHEMA_VERSION, Type::INT4)]).await?;
         }
-        Some(_) => {}
     }
     let synchronous_commit: String =
         tx.query_typed_one("SELECT current_setting('synchronous_commit')", &[]).await?.try_get(0)?;

@@ -401,7 +401,7 @@ async fn replicas_starting_together_migrate_once() {
         store.check_writable().await.expect("writable");
     }
     assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_schema").await, 1);
-    assert_eq!(count(&url_in_schema, "SELECT max(version)::bigint FROM idemgate_schema").await, 2);
+    assert_eq!(count(&url_in_schema, "SELECT max(version)::bigint FROM idemgate_schema").await, 3);
     // A schema from a newer idemgate is refused rather than used.
     admin(&url_in_schema, "UPDATE idemgate_schema SET version = 99").await;
     match PostgresStore::open(&config(&url_in_schema, Duration::from_secs(10))).await {
@@ -432,8 +432,42 @@ async fn a_version_1_schema_gains_the_versions_table_and_keeps_its_records() {
     let record = store.get(old).await.unwrap().expect("the version-1 record is kept");
     assert_eq!((record.state, record.status), (State::Completed, Some(202)));
     assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_schema").await, 1);
-    assert_eq!(count(&url_in_schema, "SELECT max(version)::bigint FROM idemgate_schema").await, 2);
+    assert_eq!(count(&url_in_schema, "SELECT max(version)::bigint FROM idemgate_schema").await, 3);
     assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_versions").await, 0);
+    assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_events").await, 0);
+}
+
+#[tokio::test]
+async fn a_version_2_schema_gains_the_events_table_and_keeps_its_records_and_versions() {
+    let url = url_or_skip!();
+    let Some((url_in_schema, _schema)) = isolated(&url).await else { return };
+    let expires_ms = now_ms() + LEASE;
+    let seven = crate::version::Version::parse("7").unwrap();
+    admin(
+        &url_in_schema,
+        &format!(
+            "{}{}
+             CREATE TABLE idemgate_schema (version integer NOT NULL);
+             INSERT INTO idemgate_schema (version) VALUES (2);
+             INSERT INTO idemgate_records (route, scope, key, state, token, created_ms, expires_ms, status)
+                 VALUES ('hooks', '', 'old', 1, 9, 0, {expires_ms}, 202);
+             INSERT INTO idemgate_versions VALUES ('hooks', '', 'cus_1', '{seven}', {expires_ms});",
+            sql::SCHEMA_V1,
+            sql::SCHEMA_V2,
+            seven = seven.encoded()
+        ),
+    )
+    .await;
+    let store = open(&url_in_schema).await;
+    let old = RecordId { route: "hooks".into(), scope: String::new(), key: "old".into() };
+    let record = store.get(old).await.unwrap().expect("the version-2 record is kept");
+    assert_eq!((record.state, record.status), (State::Completed, Some(202)));
+    let entity = RecordId { route: "hooks".into(), scope: String::new(), key: "cus_1".into() };
+    assert_eq!(store.version(entity).await.unwrap(), Some(seven), "the version-2 entity version is kept");
+    assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_schema").await, 1);
+    assert_eq!(count(&url_in_schema, "SELECT max(version)::bigint FROM idemgate_schema").await, 3);
+    assert_eq!(count(&url_in_schema, "SELECT count(*) FROM idemgate_events").await, 0);
+    assert_eq!(store.queue_stats("hooks").await.unwrap(), crate::store::queue::QueueStats::default());
 }
 
 #[tokio::test]

@@ -12,12 +12,19 @@
 //! next batch: the disk's sync latency bounds each request's wait, not the proxy's throughput.
 //! (This is `synchronous=FULL`'s guarantee for completions, with the sync moved off the writer.)
 //! Each claim stays atomic: it is one upsert, and jobs run one after another on the one thread.
+//!
+//! Async routes' events (see [`super::queue`]) live in the `events` table and go through the same
+//! thread. An enqueue is answered like a completion, after the sync: its answer acknowledges the
+//! sender, who will not send it again. The ends of attempts are answered at commit: a delivery
+//! that a power loss takes back is only made again (at least once).
 
+mod events;
 mod schema;
 mod sql;
 mod versions;
 mod writer;
 
+use super::queue::{Attempted, Enqueued, NewEvent, QueueStats, QueuedEvent};
 use super::record::{Claim, ClaimOutcome, Completed, Record, RecordId};
 use super::{Store, StoreError, StoreFuture};
 use crate::version::Version;
@@ -55,6 +62,21 @@ enum Op {
         expires_ms: i64,
         now_ms: i64,
     },
+    /// Answered after the WAL sync that covers it, as a completion is.
+    Enqueue(Box<NewEvent>),
+    TakeDue {
+        route: String,
+        now_ms: i64,
+        max: usize,
+        token: u64,
+        lease_ms: i64,
+    },
+    FinishAttempt(RecordId, u64, Attempted),
+    Event(RecordId),
+    DeadLetters(String, usize),
+    RetryDead(RecordId, i64),
+    ForgetEvent(RecordId),
+    QueueStats(String),
     Ping,
     /// Stop taking jobs; those already queued still run.
     Close,
@@ -66,7 +88,19 @@ enum Outcome {
     Record(Option<Record>),
     Count(usize),
     Version(Option<Version>),
+    Enqueued(Enqueued),
+    Events(Vec<QueuedEvent>),
+    Event(Option<Box<QueuedEvent>>),
+    QueueStats(QueueStats),
     Unit,
+}
+
+impl Op {
+    /// Whether what this op committed must be synced before it is answered: a completion, or an
+    /// event newly queued. (Refused or duplicate enqueues wrote nothing.)
+    fn needs_sync(&self, outcome: &Outcome) -> bool {
+        matches!((self, outcome), (Op::Complete(..), _) | (Op::Enqueue(_), Outcome::Enqueued(Enqueued::Queued)))
+    }
 }
 
 struct Job {
@@ -77,11 +111,14 @@ struct Job {
 impl Job {
     /// A completion's answer waits for the WAL to be synced, and so does a claim that found a
     /// completed record while some completion is not synced yet: a replay must never go out of a
-    /// record that a power loss could still take back. Everything else is answered now.
+    /// record that a power loss could still take back. Likewise an enqueue (the sender is
+    /// acknowledged on its answer), and a duplicate of an event that may not be synced yet.
+    /// Everything else is answered now.
     fn answer(self, result: Result<Outcome, StoreError>, syncer: &std::sync::mpsc::Sender<Synced>, sync: &SyncState) {
         let wait = match (&self.op, &result) {
-            (Op::Complete(..), Ok(_)) => true,
+            (op, Ok(outcome)) if op.needs_sync(outcome) => true,
             (Op::Claim(_), Ok(Outcome::Claim(ClaimOutcome::Completed(_)))) => sync.pending(),
+            (Op::Enqueue(_), Ok(Outcome::Enqueued(Enqueued::Duplicate(_)))) => sync.pending(),
             _ => false,
         };
         match result {
@@ -101,8 +138,8 @@ impl Job {
 /// A committed answer waiting for the WAL sync that covers commit number `.2`.
 type Synced = (oneshot::Sender<Result<Outcome, StoreError>>, Outcome, u64);
 
-/// How far the WAL is synced: transactions that committed a completion are numbered, and the
-/// syncer records the highest number its last sync covered.
+/// How far the WAL is synced: transactions that committed a completion or a new event are
+/// numbered, and the syncer records the highest number its last sync covered.
 #[derive(Default)]
 pub(crate) struct SyncState {
     committed: AtomicU64,
@@ -110,7 +147,7 @@ pub(crate) struct SyncState {
 }
 
 impl SyncState {
-    /// Whether a committed completion may not be on disk yet.
+    /// Whether a committed completion or enqueue may not be on disk yet.
     fn pending(&self) -> bool {
         self.synced.load(Ordering::Acquire) < self.committed.load(Ordering::Acquire)
     }
@@ -155,7 +192,8 @@ impl SqliteStore {
         })
     }
 
-    /// Transactions with a completion committed, and how many of them the WAL sync covers.
+    /// Transactions with a completion or an enqueue committed, and how many of them the WAL sync
+    /// covers.
     pub fn sync_progress(&self) -> (u64, u64) {
         (self.sync.committed.load(Ordering::Acquire), self.sync.synced.load(Ordering::Acquire))
     }
@@ -185,6 +223,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")?;
     conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES};"))?;
     schema::migrate(&conn)?;
+    events::recover(&conn)?;
     Ok(conn)
 }
 
@@ -230,6 +269,42 @@ impl Store for SqliteStore {
     fn check_writable(&self) -> StoreFuture<()> {
         let fut = self.submit(Op::Ping);
         Box::pin(async move { fut.await.map(drop) })
+    }
+    fn supports_queue(&self) -> bool {
+        true
+    }
+    fn enqueue(&self, event: NewEvent) -> StoreFuture<Enqueued> {
+        expect_outcome!(self.submit(Op::Enqueue(Box::new(event))), Enqueued)
+    }
+    fn take_due(
+        &self,
+        route: &str,
+        now_ms: i64,
+        max: usize,
+        token: u64,
+        lease_ms: i64,
+    ) -> StoreFuture<Vec<QueuedEvent>> {
+        let route = route.to_string();
+        expect_outcome!(self.submit(Op::TakeDue { route, now_ms, max, token, lease_ms }), Events)
+    }
+    fn finish_attempt(&self, id: RecordId, token: u64, attempted: Attempted, _now_ms: i64) -> StoreFuture<bool> {
+        expect_outcome!(self.submit(Op::FinishAttempt(id, token, attempted)), Flag)
+    }
+    fn event(&self, id: RecordId) -> StoreFuture<Option<QueuedEvent>> {
+        let found: StoreFuture<Option<Box<QueuedEvent>>> = expect_outcome!(self.submit(Op::Event(id)), Event);
+        Box::pin(async move { Ok(found.await?.map(|event| *event)) })
+    }
+    fn dead_letters(&self, route: &str, limit: usize) -> StoreFuture<Vec<QueuedEvent>> {
+        expect_outcome!(self.submit(Op::DeadLetters(route.to_string(), limit)), Events)
+    }
+    fn retry_dead(&self, id: RecordId, now_ms: i64) -> StoreFuture<bool> {
+        expect_outcome!(self.submit(Op::RetryDead(id, now_ms)), Flag)
+    }
+    fn forget_event(&self, id: RecordId) -> StoreFuture<bool> {
+        expect_outcome!(self.submit(Op::ForgetEvent(id)), Flag)
+    }
+    fn queue_stats(&self, route: &str) -> StoreFuture<QueueStats> {
+        expect_outcome!(self.submit(Op::QueueStats(route.to_string())), QueueStats)
     }
     /// Waits for the writer to finish every queued job, checkpoint and close the file.
     fn close(&self) -> StoreFuture<()> {

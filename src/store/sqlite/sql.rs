@@ -1,6 +1,6 @@
 //! The statements: one function per operation, run on the writer thread inside its transaction.
 
-use super::{Op, Outcome, versions};
+use super::{Op, Outcome, events, versions};
 use crate::store::ABANDONED_CLAIM_RETENTION_MS;
 use crate::store::record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
 use bytes::Bytes;
@@ -22,15 +22,22 @@ pub(super) fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
                 .execute(params![&*id.route, id.scope, id.key])?
                 > 0,
         ),
-        Op::Sweep(now_ms, limit) => {
-            let records = sweep(conn, *now_ms, *limit)?;
-            Outcome::Count(records + versions::sweep(conn, *now_ms, limit.saturating_sub(records))?)
-        }
+        Op::Sweep(now_ms, limit) => Outcome::Count(sweep_all(conn, *now_ms, *limit)?),
         Op::Version(id, now_ms) => Outcome::Version(versions::get(conn, id, *now_ms)?),
         Op::RaiseVersion { id, version, expires_ms, now_ms } => {
             versions::raise(conn, id, version, *expires_ms, *now_ms)?;
             Outcome::Unit
         }
+        Op::Enqueue(event) => Outcome::Enqueued(events::enqueue(conn, event)?),
+        Op::TakeDue { route, now_ms, max, token, lease_ms } => {
+            Outcome::Events(events::take_due(conn, route, *now_ms, *max, *token, *lease_ms)?)
+        }
+        Op::FinishAttempt(id, token, attempted) => Outcome::Flag(events::finish_attempt(conn, id, *token, attempted)?),
+        Op::Event(id) => Outcome::Event(events::event(conn, id)?.map(Box::new)),
+        Op::DeadLetters(route, limit) => Outcome::Events(events::dead_letters(conn, route, *limit)?),
+        Op::RetryDead(id, now_ms) => Outcome::Flag(events::retry_dead(conn, id, *now_ms)?),
+        Op::ForgetEvent(id) => Outcome::Flag(events::forget(conn, id)?),
+        Op::QueueStats(route) => Outcome::QueueStats(events::stats(conn, route)?),
         Op::Close => Outcome::Unit,
         Op::Ping => {
             // A write that changes nothing still needs the write lock and a writable file.
@@ -38,6 +45,14 @@ pub(super) fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             Outcome::Unit
         }
     })
+}
+
+/// Records first, then entity versions, then finished events, within one budget of `limit` rows.
+fn sweep_all(conn: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<usize> {
+    let mut swept = sweep(conn, now_ms, limit)?;
+    swept += versions::sweep(conn, now_ms, limit.saturating_sub(swept))?;
+    swept += events::sweep(conn, now_ms, limit.saturating_sub(swept))?;
+    Ok(swept)
 }
 
 /// Deletes up to `limit` expired records (abandoned claims only once they are older than

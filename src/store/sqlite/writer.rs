@@ -99,7 +99,7 @@ fn run_syncer(wal: &std::fs::File, pending: std::sync::mpsc::Receiver<Synced>, s
 fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, synced: &std::sync::mpsc::Sender<Synced>, sync: &SyncState) {
     match apply_all(conn, batch) {
         Ok(outcomes) => {
-            committed(batch, sync);
+            committed(batch.iter().zip(&outcomes), sync);
             for (job, outcome) in batch.drain(..).zip(outcomes) {
                 job.answer(Ok(outcome), synced, sync);
             }
@@ -107,8 +107,8 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, synced: &std::sync::mp
         Err(e) if batch.len() > 1 && !store_wide(&e) => {
             for job in batch.drain(..) {
                 let result = apply_all(conn, std::slice::from_ref(&job)).map(|mut v| v.remove(0));
-                if result.is_ok() {
-                    committed(std::slice::from_ref(&job), sync);
+                if let Ok(outcome) = &result {
+                    committed([(&job, outcome)], sync);
                 }
                 job.answer(result.map_err(unavailable), synced, sync);
             }
@@ -122,9 +122,10 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, synced: &std::sync::mp
     }
 }
 
-/// Numbers a committed transaction that holds a completion (see [`SyncState`]).
-fn committed(jobs: &[Job], sync: &SyncState) {
-    if jobs.iter().any(|job| matches!(job.op, Op::Complete(..))) {
+/// Numbers a committed transaction that holds a completion or a newly queued event (see
+/// [`SyncState`]).
+fn committed<'a>(done: impl IntoIterator<Item = (&'a Job, &'a Outcome)>, sync: &SyncState) {
+    if done.into_iter().any(|(job, outcome)| job.op.needs_sync(outcome)) {
         sync.committed.fetch_add(1, Ordering::AcqRel);
     }
 }
