@@ -208,25 +208,34 @@ async fn a_full_queue_refuses_new_events_with_503() {
     assert_eq!(post(&proxy, "q-3", &[], "{}").await.status, 202, "room again once the queue drained");
 }
 
-/// Acknowledged events are in the store, not in memory: stopped with the app down, the proxy
-/// delivers them after a restart.
+/// Acknowledged events are in the store, not in memory: after a stop, the next process delivers
+/// what was still queued, and delivers again what was interrupted mid-call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_events_are_delivered_after_a_restart() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let upstream = format!("http://127.0.0.1:{port}");
+async fn queued_and_interrupted_events_are_delivered_after_a_restart() {
+    let app = TestApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("idemgate.db");
-    let body = route(", backoff: { initial: 10s, max: 10s }");
-    let proxy = TestProxy::start_in(dir, db.clone(), &upstream, &body).await;
+    // One call at a time, and a stop that does not wait for it.
+    let body = format!("server: {{ shutdown_grace: 100ms }}\n{}", route(", concurrency: 1"));
+    let proxy = TestProxy::start_in(dir, db, &app.url(), &body).await;
+    app.hold("r-1");
     for key in ["r-1", "r-2"] {
         assert_eq!(post(&proxy, key, &[], "{}").await.status, 202);
     }
+    assert_eq!(app.arrival().await, "r-1");
+    assert_eq!(event(&proxy, "r-2").await["state"], "queued");
     let (dir, db) = proxy.stop().await;
-    let app = TestApp::start_on(&format!("127.0.0.1:{port}")).await;
-    let proxy = TestProxy::start_in(dir, db, &upstream, &route("")).await;
-    until_state(&proxy, "r-1", "completed").await;
+
+    let proxy = TestProxy::start_in(dir, db, &app.url(), &body).await;
+    app.release("r-1");
+    let again = until_state(&proxy, "r-1", "completed").await;
     until_state(&proxy, "r-2", "completed").await;
-    assert_eq!((app.count("r-1"), app.count("r-2")), (1, 1));
+    assert_eq!(app.count("r-1"), 2, "the interrupted delivery was made again");
+    assert_eq!(again["attempts"], 2);
+    assert_eq!(app.count("r-2"), 1);
+    let attempts: Vec<_> =
+        app.deliveries().iter().filter(|d| d.key == "r-1").map(|d| d.headers["idempotency-attempt"].clone()).collect();
+    assert_eq!(attempts, ["1", "2"], "the same key, the next attempt");
 }
 
 #[test]
