@@ -343,3 +343,28 @@ async fn two_replicas_on_postgres_never_deliver_one_event_twice() {
     let (a, b) = (delivered_by(&replicas[0]).await, delivered_by(&replicas[1]).await);
     assert_eq!(a + b, keys.len() as f64, "each delivery counted once, on the replica that made it ({a} + {b})");
 }
+
+/// A 429 or 503 with a `Retry-After` longer than the backoff sets the next attempt's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_retry_after_sets_the_next_attempt() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &route("")).await;
+    let asks = [("x-test-fail-times", "1"), ("x-test-status", "503"), ("x-test-header", "retry-after=2")];
+    post(&proxy, "ra-1", &asks, "{}").await;
+    assert_eq!(app.arrival().await, "ra-1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let waiting = loop {
+        let event = event(&proxy, "ra-1").await;
+        if event["state"] == "queued" && event["attempts"] == 1 {
+            break event;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never queued for a retry: {event}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let at = |field: &str| humantime::parse_rfc3339(waiting[field].as_str().unwrap()).unwrap();
+    let wait = at("next_attempt").duration_since(at("last_attempt")).unwrap();
+    assert!(wait >= Duration::from_millis(1900), "Retry-After: 2 beats a 50 ms backoff: {wait:?} ({waiting})");
+    assert_eq!(waiting["status"], 503);
+    let done = until_state(&proxy, "ra-1", "completed").await;
+    assert_eq!(done["attempts"], 2);
+}
