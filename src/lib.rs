@@ -15,9 +15,12 @@
 //! | trace | [`layer::report`] | the request's span, its one log line, its metrics |
 //! | route | [`layer::route`], [`route`] | framing checks, normalize the path, first matching route wins |
 //! | body | [`layer::body`], [`budget`] | the route's `max_body`, the body deadline, the memory budget |
+//! | shadow | [`idempotency::shadow`] | `mode: shadow` routes: everything forwarded as it arrived, the rest done on the side |
 //! | verify | [`layer::verify`], [`verify`] | the provider's signature, before anything is claimed (401 if wrong) |
 //! | identify, fingerprint | [`idempotency::stage`], [`key`], [`fingerprint`] | the key, its scope ([`scope`]), the payload digest |
 //! | claim | [`idempotency::stage`], [`decide`], [`store`] | cache, then one atomic claim: replay, 409/wait, 422, or a [`idempotency::Lease`] |
+//! | accept | `idempotency::accept` | async routes: stored durably and acknowledged; [`delivery`] delivers later |
+//! | stale | `idempotency::stale` | routes with `stale`: one delivery per entity at a time, older versions not applied |
 //! | forward | [`upstream`] | the app client: timeout, concurrency limit, load shedding |
 //! | capture, commit | [`replay`], [`idempotency::Lease`] | the response, stored durably (or the key released) |
 //! | respond | [`replay`], [`error`] | the app's response, a replay, or problem+json |
