@@ -25,7 +25,7 @@ use http::request::Parts;
 use http::{Request, Response, header};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 /// Sends the requests of shadow routes down the shadow path, the rest to the enforcing stages.
 pub struct ShadowLayer<S> {
@@ -61,7 +61,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     E: Service<Request<B>, Response = Response<Body>, Error = Problem> + Clone + Send + 'static,
-    E::Future: Send,
+    E::Future: Send + Unpin,
     S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
@@ -70,16 +70,39 @@ where
 {
     type Response = Response<Body>;
     type Error = Problem;
-    type Future = SendFuture<Result<Response<Body>, Problem>>;
+    type Future = Either<E::Future>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
+        // The shadow path is always ready; the enforcing stages say for themselves.
+        self.enforcing.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match req.extensions().get::<Arc<Route>>().filter(|route| route.shadow()).cloned() {
-            Some(route) => Box::pin(shadow(self.stage.clone(), route, req)),
-            None => Box::pin(self.enforcing.clone().oneshot(req)),
+            Some(route) => Either::Shadow(Box::pin(shadow(self.stage.clone(), route, req))),
+            // Ready (polled above) and called in place: an enforcing request, nearly every
+            // request, costs no clone of the stages and no second box.
+            None => Either::Enforcing(self.enforcing.call(req)),
+        }
+    }
+}
+
+/// The future of a [`ShadowService`]: the enforcing stages' own, or the shadow path's.
+pub enum Either<F> {
+    Enforcing(F),
+    Shadow(SendFuture<Result<Response<Body>, Problem>>),
+}
+
+impl<F> std::future::Future for Either<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, Problem>> + Unpin,
+{
+    type Output = Result<Response<Body>, Problem>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Either::Enforcing(f) => std::pin::Pin::new(f).poll(cx),
+            Either::Shadow(f) => f.as_mut().poll(cx),
         }
     }
 }
