@@ -112,7 +112,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     let ip = client.ip().to_string();
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),

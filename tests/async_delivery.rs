@@ -60,6 +60,7 @@ async fn an_event_is_acknowledged_then_delivered_once_with_its_key_and_attempt()
     assert_eq!(delivered.headers["x-custom"], "kept", "delivered as it arrived");
     assert_eq!(delivered.body, r#"{"n":1}"#);
     assert_eq!(delivered.path_and_query, "/hooks/async");
+    assert_eq!(delivered.headers["x-forwarded-for"], "127.0.0.1", "the sender's address, as on a sync route");
 
     let completed = until_state(&proxy, "evt-1", "completed").await;
     assert_eq!(completed["attempts"], 1);

@@ -15,7 +15,7 @@ use crate::metrics::Outcome;
 use crate::route::Route;
 use crate::store::queue::{Enqueued, NewEvent, StoredRequest};
 use crate::store::{RecordId, now_ms};
-use crate::upstream::strip_hop_by_hop;
+use crate::upstream::{ClientAddr, append_forwarded_for, strip_hop_by_hop};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -37,6 +37,10 @@ pub(super) async fn accept(
     });
     // The worker sets these itself on every attempt; a sender's copies must not reach the app.
     strip_hop_by_hop(&mut parts.headers);
+    // As the app client does for a request it forwards now: the worker's call has no client.
+    if let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>().copied() {
+        append_forwarded_for(&mut parts.headers, client);
+    }
     gate.routes().strip_forged_keys(&mut parts.headers);
     parts.headers.remove(crate::delivery::ATTEMPT_HEADER);
     let request = StoredRequest {

@@ -183,6 +183,12 @@ impl Route {
     /// retry through as a first delivery.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.stale.is_some() && self.verifier.is_none() {
+            warnings.push(format!(
+                "route {}: stale without verify: a forged event with a high version would hide the entity's real updates",
+                self.name
+            ));
+        }
         if self.shadow() && self.stale.is_some() {
             warnings.push(format!(
                 "route {}: shadow mode forwards everything; its stale guard applies once it enforces",
