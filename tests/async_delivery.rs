@@ -369,3 +369,56 @@ async fn a_longer_retry_after_sets_the_next_attempt() {
     let done = until_state(&proxy, "ra-1", "completed").await;
     assert_eq!(done["attempts"], 2);
 }
+
+/// The real binary: SIGTERM with events still queued exits 0 and says, at error level, how many
+/// are left on which route; a SIGKILL right after the acknowledgements loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reports_what_is_left_and_sigkill_loses_nothing_acknowledged() {
+    use common::child::{ChildProxy, write_config};
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("server: {{ shutdown_grace: 200ms }}\n{}", route(", concurrency: 1"));
+    let config = write_config(dir.path(), &app.url(), &body);
+    let child = tokio::task::block_in_place(|| ChildProxy::spawn(&config));
+    let client = TestClient::new(child.proxy_addr);
+    app.hold("t-1");
+    for key in ["t-1", "t-2", "t-3"] {
+        let reply = client.post("/hooks/async", &[("idempotency-key", key)], "{}").await;
+        assert_eq!(reply.status, 202);
+    }
+    assert_eq!(app.arrival().await, "t-1");
+    child.signal("TERM");
+    let left = tokio::task::block_in_place(|| {
+        child.wait_for_log("stopping with events not yet delivered", Duration::from_secs(10))
+    });
+    assert_eq!(left["level"], "ERROR");
+    assert_eq!(left["route"], "async");
+    assert!(left["queued"].as_u64().unwrap() >= 2, "{left}");
+    assert!(tokio::task::block_in_place(|| child.wait_exit(Duration::from_secs(10))).success());
+
+    // Restarted and killed at once after more acknowledgements: they are all delivered later.
+    app.release("t-1");
+    let child = tokio::task::block_in_place(|| ChildProxy::spawn(&config));
+    let client = TestClient::new(child.proxy_addr);
+    for key in ["k-1", "k-2", "k-3"] {
+        let reply = client.post("/hooks/async", &[("idempotency-key", key)], "{}").await;
+        assert_eq!(reply.status, 202);
+    }
+    tokio::task::block_in_place(|| child.kill());
+    let child = tokio::task::block_in_place(|| ChildProxy::spawn(&config));
+    let admin = TestClient::new(child.admin_addr);
+    let all = eventually(Duration::from_secs(20), || async {
+        let mut done = true;
+        for key in ["t-1", "t-2", "t-3", "k-1", "k-2", "k-3"] {
+            done &= admin.get(&format!("/admin/keys/async/{key}")).await.json()["state"] == "completed";
+        }
+        done
+    })
+    .await;
+    assert!(all, "every acknowledged event was delivered");
+    for key in ["t-2", "t-3", "k-1", "k-2", "k-3"] {
+        assert!(app.count(key) >= 1, "{key} reached the app");
+    }
+    child.signal("TERM");
+    assert!(tokio::task::block_in_place(|| child.wait_exit(Duration::from_secs(10))).success());
+}
