@@ -114,15 +114,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         header_read_timeout: config.server.header_read_timeout.0,
     };
-    let proxy_loop = accept_loop(proxy_listener, limits.clone(), stopped.clone(), move |mut req, peer| {
-        req.extensions_mut().insert(ClientAddr(peer));
-        let proxy = proxy.clone();
-        async move {
-            match proxy.oneshot(req).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        }
+    let proxy_loop = accept_loop(proxy_listener, limits.clone(), stopped.clone(), move |peer| {
+        let connection = ConnectionService::new(proxy.clone(), peer);
+        move |req| connection.call(req)
     });
     let admin_loop = {
         let admin = stack::admin(admin.clone());
@@ -179,14 +173,49 @@ struct Limits {
     header_read_timeout: Duration,
 }
 
-async fn accept_loop<F, Fut>(
+/// The proxy stack as one connection uses it. Every layer of the stack is always ready, so a
+/// connection keeps one instance and calls it in place, request after request (HTTP/1 serves
+/// them one at a time); cloning the stack per request cost an allocation and a dozen reference
+/// counts each time. Should a layer ever report not ready, the request gets a clone of its own.
+struct ConnectionService {
+    proxy: std::sync::Mutex<stack::Proxy>,
+    peer: SocketAddr,
+}
+
+impl ConnectionService {
+    fn new(proxy: stack::Proxy, peer: SocketAddr) -> ConnectionService {
+        ConnectionService { proxy: std::sync::Mutex::new(proxy), peer }
+    }
+
+    fn call(&self, mut req: Request<Incoming>) -> impl Future<Output = Response<stack::ResponseBody>> + Send + use<> {
+        use tower::Service;
+        req.extensions_mut().insert(ClientAddr(self.peer));
+        let call = {
+            let mut proxy = self.proxy.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match proxy.poll_ready(&mut cx) {
+                std::task::Poll::Ready(Ok(())) => proxy.call(req),
+                _ => Box::pin(proxy.clone().oneshot(req)),
+            }
+        };
+        async move {
+            match call.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
+
+async fn accept_loop<F, H, Fut>(
     listener: TcpListener,
     limits: Limits,
     mut stopped: watch::Receiver<bool>,
-    handler: F,
+    per_connection: F,
 ) -> GracefulShutdown
 where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr) -> H,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<stack::ResponseBody>> + Send + 'static,
 {
     // Every connection is watched, so that shutdown can wait for the requests they carry.
@@ -209,10 +238,10 @@ where
             _ = stop_requested(&mut stopped) => return graceful,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+        let handler = per_connection(peer);
         let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            let answer = handler(req);
+            async move { Ok::<_, Infallible>(answer.await) }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
