@@ -241,3 +241,34 @@ async fn a_forged_key_header_is_stripped() {
     let record = proxy.admin.get("/admin/keys/shadow/k").await.json();
     assert_eq!(record["state"], "completed", "claimed and completed on the side: {record}");
 }
+
+/// Each request enforcing would not have forwarded is logged with route, key, what enforcing
+/// would have done and why; one it would have forwarded is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_enforcing_would_not_forward_is_logged_with_its_reason() {
+    use common::child::{ChildProxy, write_config};
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = "routes:
+  - name: shadow
+    match: { path: /hooks/shadow }
+    key: { header: Idempotency-Key }
+    scope: none
+    mode: shadow
+";
+    let config = write_config(dir.path(), &app.url(), routes);
+    let child = tokio::task::block_in_place(|| ChildProxy::spawn(&config));
+    let client = TestClient::new(child.proxy_addr);
+    client.post("/hooks/shadow", &[("idempotency-key", "logged")], "{}").await;
+    client.post("/hooks/shadow", &[("idempotency-key", "logged")], "{}").await;
+    let line = tokio::task::block_in_place(|| {
+        child.wait_for_log("shadow: enforcing would not forward", std::time::Duration::from_secs(10))
+    });
+    assert_eq!(line["route"], "shadow");
+    assert_eq!(line["key"], "logged");
+    assert_eq!(line["would"], "replayed");
+    assert!(line["reason"].as_str().is_some_and(|r| !r.is_empty()), "{line}");
+    assert_eq!(app.total(), 2);
+    child.signal("TERM");
+    assert!(tokio::task::block_in_place(|| child.wait_exit(std::time::Duration::from_secs(10))).success());
+}
