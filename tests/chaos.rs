@@ -2,9 +2,12 @@
 //! SIGKILLs and restarts it, SIGSTOPs it past a lease, kills the app mid-request, locks the
 //! database past the busy timeout and fills its disk. At the end every event is delivered once
 //! more, idemgate is stopped gracefully, and the invariants are judged on the whole record
-//! (tests/chaos/invariants.rs). Run by `scripts/chaos`; ignored by a plain `cargo test`.
+//! (tests/chaos/invariants.rs). The async profile makes every route an inbox, and judges what
+//! was acknowledged against what reached the app (tests/chaos/inbox_invariants.rs). Run by
+//! `scripts/chaos`; ignored by a plain `cargo test`.
 //!
-//! `IDEMGATE_TEST_CHAOS_PROFILE=short|long` (30 s of traffic, or about 7 minutes), `IDEMGATE_TEST_CHAOS_SEED=<n>`.
+//! `IDEMGATE_TEST_CHAOS_PROFILE=short|long|async` (30 s of traffic, about 7 minutes, or 30 s on
+//! async routes), `IDEMGATE_TEST_CHAOS_SEED=<n>`.
 
 mod common;
 mod stream;
@@ -15,24 +18,42 @@ mod child;
 mod disk;
 #[path = "chaos/faults.rs"]
 mod faults;
+#[path = "chaos/inbox.rs"]
+mod inbox;
+#[path = "chaos/inbox_invariants.rs"]
+mod inbox_invariants;
 #[path = "chaos/invariants.rs"]
 mod invariants;
+#[path = "chaos/summary.rs"]
+mod summary;
 #[path = "chaos/world.rs"]
 mod world;
 
 use disk::Disk;
-use invariants::{ChaosStats, FINAL_TRY, Inputs};
+use faults::Fault;
+use invariants::FINAL_TRY;
 use std::sync::Arc;
 use std::time::Duration;
 use stream::app::App;
 use stream::drive::drive_from;
+use stream::history::Violation;
 use stream::model::{Profile, Stream};
-use stream::record::Clock;
+use stream::record::{Attempt, Clock};
 use world::{Journal, World};
 
 /// idemgate's lease in these runs; the upstream timeout is below it, as the config requires.
 const LEASE: Duration = Duration::from_secs(2);
 const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// How the routes answer a sender, and so which invariants judge the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The sender waits for the app's answer, which idemgate stores and replays.
+    Sync,
+    /// Every route is an inbox: the sender is acknowledged once the event is stored, and a
+    /// worker delivers it to the app.
+    Async,
+}
 
 struct ChaosProfile {
     name: &'static str,
@@ -40,14 +61,28 @@ struct ChaosProfile {
     duration_ms: u64,
     events: usize,
     faults: usize,
+    delivery: Delivery,
 }
 
 impl ChaosProfile {
     fn from_env() -> ChaosProfile {
+        let profile =
+            |name, duration_ms, events, faults, delivery| ChaosProfile { name, duration_ms, events, faults, delivery };
         match std::env::var("IDEMGATE_TEST_CHAOS_PROFILE").as_deref() {
-            Ok("long") => ChaosProfile { name: "long", duration_ms: 480_000, events: 2400, faults: 80 },
-            Ok("short") | Err(_) => ChaosProfile { name: "short", duration_ms: 30_000, events: 120, faults: 7 },
-            Ok(other) => panic!("IDEMGATE_TEST_CHAOS_PROFILE={other}: short or long"),
+            Ok("long") => profile("long", 480_000, 2400, 80, Delivery::Sync),
+            Ok("async") => profile("async", 30_000, 120, 10, Delivery::Async),
+            Ok("short") | Err(_) => profile("short", 30_000, 120, 7, Delivery::Sync),
+            Ok(other) => panic!("IDEMGATE_TEST_CHAOS_PROFILE={other}: short, long or async"),
+        }
+    }
+
+    /// The async profile has no store faults: a lock or a full disk makes idemgate refuse
+    /// events (503), which the sync profiles already judge; crashes are what an inbox must
+    /// survive without losing or repeating a delivery.
+    fn kinds(&self) -> &'static [Fault] {
+        match self.delivery {
+            Delivery::Sync => &faults::ALL,
+            Delivery::Async => &faults::CRASHES,
         }
     }
 
@@ -78,7 +113,11 @@ fn seed() -> u64 {
     }
 }
 
-fn config(dir: &std::path::Path, app: &str) -> std::path::PathBuf {
+fn config(dir: &std::path::Path, app: &str, delivery: Delivery) -> std::path::PathBuf {
+    let mut defaults = format!("ttl: 1h, lease: {}ms", LEASE.as_millis());
+    if delivery == Delivery::Async {
+        defaults.push_str(&format!(", {}", inbox::delivery()));
+    }
     let yaml = format!(
         "listen: 127.0.0.1:0
 admin: {{ listen: 127.0.0.1:0 }}
@@ -89,11 +128,17 @@ store: {{ sqlite: {{ path: {} }} }}
 {}",
         UPSTREAM_TIMEOUT.as_millis(),
         dir.join("idemgate.db").display(),
-        stream::routes(&format!("ttl: 1h, lease: {}ms", LEASE.as_millis()))
+        stream::routes(&defaults)
     );
     let file = dir.join("idemgate.yaml");
     std::fs::write(&file, yaml).unwrap();
     file
+}
+
+/// What the judge of a run found, and its summary's lines.
+struct Verdict {
+    violations: Vec<Violation>,
+    summary: String,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,10 +156,10 @@ async fn chaos() {
     let app = App::start(Arc::new(stream.clone()), clock).await;
     let disk =
         Disk::new(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chaos-{}", std::process::id())));
-    let config = config(disk.dir(), &app.url());
+    let config = config(disk.dir(), &app.url(), profile.delivery);
     let world = Arc::new(tokio::task::block_in_place(|| World::new(app, disk, config, clock, LEASE)));
 
-    let plan = faults::schedule(seed, profile.duration_ms, profile.faults);
+    let plan = faults::schedule(seed, profile.duration_ms, profile.faults, profile.kinds());
     let faults = tokio::spawn(faults::run(world.clone(), plan, seed));
     let mut attempts = drive_from(&stream, world.target.clone(), clock, profile.duration_ms as f64, 0).await;
     faults.await.expect("the fault schedule panicked");
@@ -122,32 +167,23 @@ async fn chaos() {
     // Every event once more, until it is answered 2xx; then a graceful stop.
     let last = stream.redeliver_all(clock.ms() as u64 + 50);
     attempts.extend(drive_from(&last, world.target.clone(), clock, f64::MAX, FINAL_TRY).await);
-    assert!(world.app.idle(Duration::from_secs(10)).await, "the app still holds requests");
-    let exit = tokio::task::block_in_place(|| world.stop());
-    world.integrity_check("after the graceful stop");
-    let (records, unfinished_records) = invariants::read_records(&world.db);
-
-    let journal = world.journal.lock().unwrap().clone();
-    let log = world.log.lock().unwrap();
-    let forwards = world.app.forwards();
-    let inputs = Inputs {
-        stream: &stream,
-        attempts: &attempts,
-        forwards: &forwards,
-        records: &records,
-        unfinished_records,
-        journal: &journal,
-        log: &log,
-        exit: Some(exit),
-        lease: LEASE,
-        upstream_timeout: UPSTREAM_TIMEOUT,
+    let verdict = match profile.delivery {
+        Delivery::Sync => judge_sync(&world, &stream, &attempts).await,
+        Delivery::Async => judge_async(&world, &stream, &attempts).await,
     };
-    let (violations, stats) = invariants::check(&inputs);
+
+    let forwards = world.app.forwards();
     if let Ok(path) = std::env::var("IDEMGATE_TEST_CHAOS_DUMP") {
-        dump(&path, &stream, &attempts, &forwards, &journal);
+        dump(&path, &stream, &attempts, &forwards, &world.journal.lock().unwrap());
     }
-    let summary = summary(&profile, seed, started.elapsed(), &journal, &stats, &log, &world.disk, violations.len());
-    eprintln!("{summary}");
+    let violations = verdict.violations;
+    eprintln!(
+        "chaos summary: profile {} seed {seed}, {:.1} s\n{}\n  invariant violations:  {}",
+        profile.name,
+        started.elapsed().as_secs_f64(),
+        verdict.summary,
+        violations.len()
+    );
     if !violations.is_empty() {
         let mut message = format!("{} invariant violation(s), seed {seed}:\n", violations.len());
         for v in violations.iter().take(30) {
@@ -160,56 +196,55 @@ async fn chaos() {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn summary(
-    profile: &ChaosProfile,
-    seed: u64,
-    took: Duration,
-    journal: &Journal,
-    stats: &ChaosStats,
-    log: &child::Log,
-    disk: &Disk,
-    violations: usize,
-) -> String {
-    let ok = journal.integrity.iter().filter(|(_, r)| r == "ok").count();
-    format!(
-        "chaos summary: profile {} seed {seed}, {:.1} s
-  kills survived:        {} SIGKILL + restart ({} with a request inside the app), {} SIGSTOP past the lease, {} app kills
-  store faults:          {} write locks past the busy timeout, {} disk-full spells ({})
-  integrity_check:       {ok} of {} ok
-  deliveries:            {} attempts, {} forwards to the app, {} without an answer (kills, stops, timeouts)
-  duplicates suppressed: {} ({} replays, {} conflicts 409, {} mismatches 422)
-  store errors:          {} answered 503 ({} while locked, {} with the disk full; {} after the app had answered: the response withheld)
-  upstream errors:       {} answered 502/504 (the app killed or held)
-  forwarded again:       {} events (after a release, a crash or a lease takeover); {} claims left unfinished, each
-                         forwarded again only after its lease; {} lost claims logged
-  invariant violations:  {violations}",
-        profile.name,
-        took.as_secs_f64(),
-        journal.kills,
-        journal.kills_mid_request,
-        journal.stops,
-        journal.app_kills,
-        journal.locks.len(),
-        journal.disk_full.len(),
-        disk.describe(),
-        journal.integrity.len(),
-        stats.attempts,
-        stats.forwards,
-        stats.no_answer,
-        stats.replays + stats.conflicts + stats.mismatches,
-        stats.replays,
-        stats.conflicts,
-        stats.mismatches,
-        stats.store_errors,
-        stats.store_errors_locked,
-        stats.store_errors_disk_full,
-        stats.store_errors_after_forward,
-        stats.upstream_errors,
-        stats.forwarded_again,
-        stats.after_lease,
-        log.lost_claims,
-    )
+/// Stops idemgate gracefully, then judges the record (tests/chaos/invariants.rs).
+async fn judge_sync(world: &World, stream: &Stream, attempts: &[Attempt]) -> Verdict {
+    assert!(world.app.idle(Duration::from_secs(10)).await, "the app still holds requests");
+    let exit = tokio::task::block_in_place(|| world.stop());
+    world.integrity_check("after the graceful stop");
+    let (records, unfinished_records) = invariants::read_records(&world.db);
+    let journal = world.journal.lock().unwrap().clone();
+    let log = world.log.lock().unwrap();
+    let forwards = world.app.forwards();
+    let inputs = invariants::Inputs {
+        stream,
+        attempts,
+        forwards: &forwards,
+        records: &records,
+        unfinished_records,
+        journal: &journal,
+        log: &log,
+        exit: Some(exit),
+        lease: LEASE,
+        upstream_timeout: UPSTREAM_TIMEOUT,
+    };
+    let (violations, stats) = invariants::check(&inputs);
+    Verdict { violations, summary: summary::sync(&journal, &stats, &log, &world.disk) }
+}
+
+/// Waits until every acknowledged event is completed (through the admin API), stops idemgate
+/// gracefully, then judges the record (tests/chaos/inbox_invariants.rs).
+async fn judge_async(world: &World, stream: &Stream, attempts: &[Attempt]) -> Verdict {
+    let drain = inbox::drain(world, &inbox::acknowledged(stream, attempts)).await;
+    assert!(world.app.idle(Duration::from_secs(10)).await, "the app still holds requests");
+    let exit = tokio::task::block_in_place(|| world.stop());
+    world.integrity_check("after the graceful stop");
+    let rows = inbox::read_rows(&world.db);
+    let journal = world.journal.lock().unwrap().clone();
+    let log = world.log.lock().unwrap();
+    let forwards = world.app.forwards();
+    let inputs = inbox_invariants::Inputs {
+        stream,
+        attempts,
+        forwards: &forwards,
+        rows: &rows,
+        drain: &drain,
+        journal: &journal,
+        log: &log,
+        exit: Some(exit),
+        upstream_timeout: UPSTREAM_TIMEOUT,
+    };
+    let (violations, stats) = inbox_invariants::check(&inputs);
+    Verdict { violations, summary: summary::inbox(&journal, &stats, &drain, &log, stream.events.len()) }
 }
 
 /// Everything the run recorded, as text: the journal, then every event's transcript.

@@ -17,11 +17,15 @@ pub struct Log {
     pub stderr: Vec<String>,
     /// Log lines at ERROR level.
     pub errors: Vec<String>,
+    /// Async routes: deliveries whose record was refused because their lease had ended, and
+    /// records that failed. Either way the event is delivered again without a crash.
+    pub lapsed_deliveries: usize,
 }
 
 pub struct Idemgate {
     child: Child,
     pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
 }
 
 impl Idemgate {
@@ -48,8 +52,8 @@ impl Idemgate {
         let (tx, rx) = mpsc::channel();
         read_lines(child.stdout.take().unwrap(), log.clone(), false, Some(tx));
         read_lines(child.stderr.take().unwrap(), log.clone(), true, None);
-        let proxy_addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
+        let (proxy_addr, admin_addr) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait();
@@ -59,7 +63,7 @@ impl Idemgate {
                 );
             }
         };
-        Idemgate { child, proxy_addr }
+        Idemgate { child, proxy_addr, admin_addr }
     }
 
     /// The exit status, if the process has ended (by itself: the harness has not killed it yet).
@@ -96,7 +100,8 @@ impl Drop for Idemgate {
     }
 }
 
-type Listening = mpsc::Sender<SocketAddr>;
+/// The proxy's and the admin listener's addresses, from the "listening" line.
+type Listening = mpsc::Sender<(SocketAddr, SocketAddr)>;
 
 fn read_lines(pipe: impl Read + Send + 'static, log: Arc<Mutex<Log>>, stderr: bool, mut listening: Option<Listening>) {
     std::thread::spawn(move || {
@@ -110,10 +115,16 @@ fn read_lines(pipe: impl Read + Send + 'static, log: Arc<Mutex<Log>>, stderr: bo
             if v["message"] == "listening"
                 && let Some(tx) = listening.take()
             {
-                let _ = tx.send(v["listen"].as_str().and_then(|a| a.parse().ok()).expect("the listening line"));
+                let addr = |field: &str| v[field].as_str().and_then(|a| a.parse().ok()).expect("the listening line");
+                let _ = tx.send((addr("listen"), addr("admin")));
             }
             if line.contains("the claim was lost before completion") {
                 log.lost_claims += 1;
+            }
+            if line.contains("the delivery's lease ended before it finished")
+                || line.contains("recording the delivery failed")
+            {
+                log.lapsed_deliveries += 1;
             }
             if v["level"] == "ERROR" {
                 log.errors.push(line);

@@ -9,6 +9,8 @@ use std::time::Duration;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a fault waits for a request to reach the app, to strike while one is inside.
 const ARRIVAL_WAIT: Duration = Duration::from_secs(3);
+/// How long a fault waits for the app to answer what it held (its slowest answer is 0.9 s).
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -18,6 +20,9 @@ pub enum Fault {
     KillMidRequest,
     /// SIGSTOP while a request is inside the app, for longer than the lease, then SIGCONT.
     Stop,
+    /// SIGSTOP while a request is inside the app, the app answers, then SIGKILL: an answer
+    /// idemgate never read, so never recorded.
+    KillAfterAnswer,
     /// The app drops its listener and connections while requests are inside, then comes back.
     AppKill,
     /// Another process holds the database's write lock past idemgate's busy timeout.
@@ -26,14 +31,20 @@ pub enum Fault {
     DiskFull,
 }
 
-const ALL: [Fault; 6] = [Fault::Kill, Fault::KillMidRequest, Fault::Stop, Fault::AppKill, Fault::Lock, Fault::DiskFull];
+/// Every kind of fault: the sync profiles draw from all of them.
+pub const ALL: [Fault; 6] =
+    [Fault::Kill, Fault::KillMidRequest, Fault::Stop, Fault::AppKill, Fault::Lock, Fault::DiskFull];
+/// The async profile's: crashes of idemgate and of the app. Locks and a full disk are left to
+/// the sync profiles, which judge what the store refuses.
+pub const CRASHES: [Fault; 4] = [Fault::Kill, Fault::KillMidRequest, Fault::KillAfterAnswer, Fault::AppKill];
 
 /// When each fault starts (milliseconds on the run's clock), within `[5%, 85%]` of the run.
-/// `count` faults: every kind once, then kinds drawn at random (kills twice as likely).
-pub fn schedule(seed: u64, duration_ms: u64, count: usize) -> Vec<(u64, Fault)> {
+/// `count` faults: every one of `kinds` once, then kinds drawn at random (kills twice as likely).
+pub fn schedule(seed: u64, duration_ms: u64, count: usize, kinds: &[Fault]) -> Vec<(u64, Fault)> {
     let mut rng = Rng::new(seed ^ 0xfa017);
-    let mut faults: Vec<Fault> = ALL.to_vec();
-    let weighted = [ALL.as_slice(), &[Fault::Kill, Fault::KillMidRequest]].concat();
+    let mut faults: Vec<Fault> = kinds.to_vec();
+    let kills = kinds.iter().filter(|k| matches!(k, Fault::Kill | Fault::KillMidRequest | Fault::KillAfterAnswer));
+    let weighted: Vec<Fault> = kinds.iter().chain(kills).copied().collect();
     while faults.len() < count {
         faults.push(*rng.pick(&weighted));
     }
@@ -58,6 +69,7 @@ pub async fn run(world: Arc<World>, plan: Vec<(u64, Fault)>, seed: u64) {
             }
             Fault::KillMidRequest => kill_mid_request(&world).await,
             Fault::Stop => stop_past_lease(&world).await,
+            Fault::KillAfterAnswer => kill_after_answer(&world).await,
             Fault::AppKill => app_kill(&world, Duration::from_millis(rng.range(300, 1500))).await,
             Fault::Lock => lock(&world).await,
             Fault::DiskFull => disk_full(&world, Duration::from_millis(rng.range(2000, 4000))).await,
@@ -85,6 +97,19 @@ async fn kill_mid_request(world: &Arc<World>) {
     blocking(world, World::start).await;
     if inside {
         world.journal.lock().unwrap().kills_mid_request += 1;
+    }
+}
+
+async fn kill_after_answer(world: &Arc<World>) {
+    let inside = with_request_inside(world).await;
+    world.signal("STOP");
+    // The app answers into the sockets of a stopped process; nothing new arrives meanwhile.
+    world.app.hold(false);
+    let answered = world.app.idle(ANSWER_WAIT).await;
+    blocking(world, World::kill).await;
+    blocking(world, World::start).await;
+    if inside && answered {
+        world.journal.lock().unwrap().kills_after_answer += 1;
     }
 }
 

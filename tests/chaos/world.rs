@@ -18,6 +18,8 @@ pub struct Journal {
     pub kills_at: Vec<f64>,
     /// Kills while a request was held inside the app (between forward and commit).
     pub kills_mid_request: usize,
+    /// Kills of a stopped process after the app had answered what it held (async profile).
+    pub kills_after_answer: usize,
     pub stops: usize,
     pub app_kills: usize,
     /// When the app was killed.
@@ -67,6 +69,11 @@ impl World {
 
     pub fn pid(&self) -> u32 {
         self.proxy.lock().unwrap().as_ref().expect("idemgate runs").pid()
+    }
+
+    /// Where the running child's admin listener is (a restart moves it).
+    pub fn admin(&self) -> std::net::SocketAddr {
+        self.proxy.lock().unwrap().as_ref().expect("idemgate runs").admin_addr
     }
 
     pub fn signal(&self, signal: &str) {

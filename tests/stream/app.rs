@@ -161,6 +161,7 @@ async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             number,
             attempt,
             key: header("x-idempotency-key"),
+            delivery_attempt: header("idempotency-attempt").parse().ok(),
             path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
             body,
             arrived_ms: shared.clock.ms(),

@@ -107,7 +107,8 @@ impl Reply {
 
     pub fn summary(&self) -> String {
         let tag = if self.replayed() {
-            format!(" replay of forward #{}", self.forward().map_or("?".into(), |n| n.to_string()))
+            // An async route's acknowledgement names no forward: it comes before any.
+            self.forward().map_or(" replay".into(), |n| format!(" replay of forward #{n}"))
         } else if let Some(problem) = self.problem() {
             format!(" {problem}")
         } else if let Some(n) = self.forward() {
@@ -162,6 +163,8 @@ pub struct Forward {
     pub attempt: Option<AttemptId>,
     /// `X-Idempotency-Key` as received.
     pub key: String,
+    /// `Idempotency-Attempt` as received: the number an async route's worker gives each delivery.
+    pub delivery_attempt: Option<u32>,
     pub path: String,
     pub body: Bytes,
     pub arrived_ms: f64,

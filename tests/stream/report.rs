@@ -30,7 +30,8 @@ pub fn transcript(stream: &Stream, attempts: &[Attempt], forwards: &[Forward], e
             None => "never answered".into(),
         };
         let from = f.attempt.map(|a| a.to_string()).unwrap_or_default();
-        lines.push((f.arrived_ms, format!("  app forward #{} of {from}, key {}: {answer}", f.number, f.key)));
+        let nth = f.delivery_attempt.map(|n| format!(" (Idempotency-Attempt {n})")).unwrap_or_default();
+        lines.push((f.arrived_ms, format!("  app forward #{} of {from}{nth}, key {}: {answer}", f.number, f.key)));
     }
     lines.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut out = format!("{e}");
