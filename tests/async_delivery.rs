@@ -261,6 +261,11 @@ fn delivery_fields_are_validated_by_name() {
     assert!(load(", attempts: 0").unwrap_err().contains("delivery.attempts"));
     assert!(load(", concurrency: 0").unwrap_err().contains("delivery.concurrency"));
     assert!(load(", retries: 3").unwrap_err().contains("retries"));
+    let file = dir.path().join("fingerprinted.yaml");
+    let body = route("").replace("    scope: none\n", "    scope: none\n    fingerprint: body\n");
+    std::fs::write(&file, config_yaml("http://127.0.0.1:9", &dir.path().join("db"), &body)).unwrap();
+    let refused = idemgate::config::load(&file).unwrap_err().to_string();
+    assert!(refused.contains("fingerprint: cannot be used with delivery"), "{refused}");
     assert_eq!(load(", ack_status: 200, attempts: 3, max_age: 1h, queue_limit: 10"), Ok(()));
 }
 

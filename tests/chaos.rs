@@ -113,6 +113,21 @@ fn seed() -> u64 {
     }
 }
 
+/// The stream's routes; async routes without their fingerprints, which an inbox does not keep
+/// (yet: `check` refuses the two together).
+fn routes(defaults: &str, delivery: Delivery) -> String {
+    let routes = stream::routes(defaults);
+    if delivery != Delivery::Async {
+        return routes;
+    }
+    routes
+        .lines()
+        .map(|l| if l.trim_start().starts_with("fingerprint:") { "    fingerprint: none" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
 fn config(dir: &std::path::Path, app: &str, delivery: Delivery) -> std::path::PathBuf {
     let mut defaults = format!("ttl: 1h, lease: {}ms", LEASE.as_millis());
     if delivery == Delivery::Async {
@@ -128,7 +143,7 @@ store: {{ sqlite: {{ path: {} }} }}
 {}",
         UPSTREAM_TIMEOUT.as_millis(),
         dir.join("idemgate.db").display(),
-        stream::routes(&defaults)
+        routes(&defaults, delivery)
     );
     let file = dir.join("idemgate.yaml");
     std::fs::write(&file, yaml).unwrap();

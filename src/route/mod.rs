@@ -271,6 +271,11 @@ fn check_delivery(d: &crate::config::DeliveryConfig, p: &Policy, stale: bool) ->
     if stale {
         return Err("stale: cannot be used with delivery: { mode: async } (yet)".into());
     }
+    if p.fingerprint != crate::config::FingerprintSpec::None {
+        // The inbox keeps no payload digest yet: a reused key with another payload would be
+        // acknowledged as a duplicate instead of refused.
+        return Err("fingerprint: cannot be used with delivery: { mode: async } (yet); set fingerprint: none".into());
+    }
     if p.mode == crate::config::RouteMode::Shadow {
         return Err(
             "mode: shadow forwards every request as it arrives; it cannot be used with delivery: { mode: async }"
