@@ -77,6 +77,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 [[ "$QUEUE_BODY" =~ ^[1-9][0-9]*$ ]] || die "QUEUE_BODY must be a positive integer (bytes)"
 for n in DRAIN_TIMEOUT FILL_TIMEOUT; do [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || die "$n must be a number of seconds"; done
 DUR_S=$(dur_secs "$DURATION")
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ------------------------------------------------------------------------- tools, build
 need=()
@@ -387,7 +388,7 @@ fi
 # ========================================================================= report
 {
     echo
-    echo "== async delivery ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, uptime:$(uptime | sed 's/.*load average/ load average/'))"
+    echo "== async delivery ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after)"
     if [[ "$PART" != "queue" ]]; then
         echo "(1) acknowledgements: wrk -t$THREADS -c$CONNS -d$DURATION, every key new, ~1 KiB JSON; $ROUNDS round(s), order alternating"
         echo "replay sanity: $ACKS_SANITY"
@@ -397,7 +398,11 @@ function med(s,    a, n) { n = split(s, a, " "); if (n == 0) return -1; sortn(a,
 NR > 1 && $3 != "NA" {
     k = $2; rps[k] = rps[k] " " $3; p50[k] = p50[k] " " $4; p99[k] = p99[k] " " $5; cpu[k] = cpu[k] " " $9
     bad[k] += $6 + $7; R[$1, k] = $3; rounds[$1] = 1
-    if (k == "async") { dep = dep " " $10; beh = beh " " $11; if ($12 == "timeout") to++; else dr = dr " " $12; cpuall = cpuall " " $13 }
+    if (k == "async") {
+        dep = dep " " $10; beh = beh " " $11; cpuall = cpuall " " $13
+        during = during " " ($8 - $11) / ($8 / $3)
+        if ($12 == "timeout") to++; else { dr = dr " " $12; if ($12 > 0) rate = rate " " $11 * 1000 / $12 }
+    }
 }
 END {
     printf "%-6s %10s %8s %8s %11s %7s\n", "route", "rps(med)", "p50(ms)", "p99(ms)", "cpu us/req", "non2xx"
@@ -410,6 +415,7 @@ END {
     printf "async/sync rps (median of same-round ratios): %s\n", (s == "") ? "-" : sprintf("%.2fx", med(s))
     printf "async, at the end of each run: idemgate_queue_depth %s (median; the gauge is read from the store about once a second), acknowledged - delivered %s (median; per run:%s)\n", med(dep), med(beh), beh
     printf "async, drain after each run: %s ms (median; per run:%s)%s; idemgate CPU per event, its run and its drain: %.1f us\n", (dr == "") ? "-" : med(dr), dr, to ? sprintf(", %d not drained within the timeout", to) : "", med(cpuall)
+    printf "async, deliveries per second (medians): %.0f during the run, %.0f while draining\n", med(during), (rate == "") ? 0 : med(rate)
 }
 AWK
         awk -v r="${ACKS_RSS% *}" -v h="${ACKS_RSS#* }" -v d="$ACKS_DB" 'BEGIN { printf "idemgate after the runs: RSS %.1f MiB, peak (VmHWM) %.1f MiB; database with its WAL %.1f MiB\n", r / 1024, h / 1024, d / 1048576 }'
