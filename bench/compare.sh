@@ -130,16 +130,6 @@ for a in "$UP_ADDR" "$NGX_ADDR" "$IDG_ADDR" "$CEIL_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (a previous run still alive? set PORT_BASE)"; fi
 done
 
-# CPU time (clock ticks) of a process and its direct children (nginx workers).
-cpu_ticks() {
-    local pid=$1 total=0 p
-    for p in "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$total"
-}
-HZ=$(getconf CLK_TCK)
-
 # ------------------------------------------------------------------------- processes
 log "starting bench_upstream on $UP_ADDR"
 start_bg upstream "$UP_BIN" "$UP_ADDR"

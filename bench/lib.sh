@@ -1,4 +1,5 @@
-# Shared by bench/run.sh and bench/scale/run.sh: process handling and wrk result parsing.
+# Shared by the bench scripts: process handling, a process's CPU time and memory, and wrk result
+# parsing.
 # Sourced after the caller defines log, die, WORKDIR and the PIDS/NAMES arrays.
 # shellcheck shell=bash
 
@@ -55,6 +56,17 @@ wait_http() { # name pid url tries(0.1s each)
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
+
+# CPU time (utime + stime, clock ticks of $HZ) of a process and its direct children (nginx workers).
+cpu_ticks() {
+    local pid=$1 total=0 p
+    for p in "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+# shellcheck disable=SC2034 # read by the scripts that source this file
+HZ=$(getconf CLK_TCK)
 
 proc_kib() { # pid field (VmRSS, VmHWM) from /proc/PID/status
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0

@@ -1,4 +1,4 @@
--- wrk script: webhook-shaped ~1 KiB JSON POSTs to /webhooks/bench with an Idempotency-Key.
+-- wrk script: webhook-shaped JSON POSTs (~1 KiB, or size=N) to /webhooks/bench with an Idempotency-Key.
 --
 -- Usage:
 --   wrk -t2 -c32 -d5s --latency -s bench/wrk/webhook.lua http://127.0.0.1:18081 -- MODE [key=value ...]
@@ -8,6 +8,10 @@
 --   dup   every request carries one of HOT hot keys (pre-warm them with `warm` first)
 --   mix   90% one of the hot keys, 10% a new key
 --   warm  one request per hot key, in order, then the thread stops (use with -t1 -c1)
+--   fill  count=N new keys per thread, then the thread's first key again (a duplicate: answered,
+--         stores nothing) until N first-seen answers (2xx without Idempotent-Replayed) are in;
+--         then the thread appends a line to done=FILE and stops. wrk itself still runs for -d:
+--         the caller sends it SIGINT once FILE has one line per thread (bench/async.sh).
 -- Options (key=value; env fallback in brackets):
 --   run=ID      run id that prefixes every new key [WEBHOOK_RUN_ID; default: time + random]
 --               Pass a fresh one per wrk run so no run reuses the keys of another.
@@ -15,6 +19,9 @@
 --   hotn=N      number of hot keys [WEBHOOK_HOTN; default 100]
 --   dup=P       share of hot keys in mix mode, 0..1 [WEBHOOK_DUP; default 0.9]
 --   path=PATH   request path [WEBHOOK_PATH; default /webhooks/bench]
+--   size=BYTES  body size, padded [WEBHOOK_SIZE; default 1024]
+--   count=N     fill: first-seen keys per thread [WEBHOOK_COUNT; default 1000]
+--   done=FILE   fill: where each thread appends a line once done [WEBHOOK_DONE]
 --   check=1     count non-2xx and `Idempotent-Replayed: true` answers in response()
 --               [WEBHOOK_CHECK]. Makes wrk parse every response for Lua; the cost was within
 --               run-to-run noise here. Without it non2xx is wrk's count of statuses > 399.
@@ -27,7 +34,7 @@
 -- thread; hot keys are "<hot>-<3-digit index>", the same for every thread and every run that
 -- passes the same hot prefix.
 
-local TARGET_BODY = 1024
+local target_body = 1024
 
 -- ---------------------------------------------------------------- setup phase (main env)
 local threads = {}
@@ -56,6 +63,8 @@ local new_a, new_b, new_c, new_prefix
 local counter = 0
 local hot_next = 0
 local warm_seen = 0
+local fill_count, fill_done, fill_first
+local fill_acked = 0
 
 -- wrk passes the script arguments as args[1..n] (args[0] is the URL).
 local function opt(args, name, env, default)
@@ -68,7 +77,7 @@ local function opt(args, name, env, default)
    return default
 end
 
--- A Stripe-like event whose JSON is padded to TARGET_BODY bytes. Returns the two halves
+-- A Stripe-like event whose JSON is padded to target_body bytes. Returns the two halves
 -- around the key: body = pre .. key .. post.
 local function body_parts(key_len)
    local pre = '{"id":"evt_'
@@ -79,7 +88,7 @@ local function body_parts(key_len)
       .. '"amount_due":2000,"amount_paid":2000,"currency":"usd",'
       .. '"customer":"cus_Qbench000000000","status":"paid","padding":"'
    local tail = '"}}}'
-   local pad = TARGET_BODY - (#pre + key_len + #mid + #tail)
+   local pad = target_body - (#pre + key_len + #mid + #tail)
    if pad < 0 then pad = 0 end
    return pre, mid .. string.rep("x", pad) .. tail
 end
@@ -108,6 +117,13 @@ end
 local function request_impl()
    if mode == "new" then
       return new_request()
+   elseif mode == "fill" then
+      if counter < fill_count then
+         local req = new_request()
+         if counter == 1 then fill_first = req end
+         return req
+      end
+      return fill_first
    elseif mode == "dup" then
       return hot_requests[math.random(hot_n)]
    elseif mode == "mix" then
@@ -143,22 +159,44 @@ local function response_warm_only(status, headers, body)
    warm_step()
 end
 
+local function response_fill(status, headers, body)
+   local replayed = headers["Idempotent-Replayed"] or headers["idempotent-replayed"]
+   response_checked(status, headers, body)
+   if status >= 200 and status <= 299 and replayed ~= "true" then
+      fill_acked = fill_acked + 1
+      if fill_acked == fill_count then
+         if fill_done then
+            local f = io.open(fill_done, "a")
+            if f then
+               f:write(string.format("thread %d: %d first-seen answers\n", thread_id or 0, fill_acked))
+               f:close()
+            end
+         end
+         wrk.thread:stop()
+      end
+   end
+end
+
 function init(args)
    args = args or {}
    mode = opt(args, "mode", "WEBHOOK_MODE", nil)
+   local modes = { new = true, dup = true, mix = true, warm = true, fill = true }
    for _, a in ipairs(args) do
-      if a == "new" or a == "dup" or a == "mix" or a == "warm" then mode = a end
+      if modes[a] then mode = a end
    end
    mode = mode or "new"
-   if mode ~= "new" and mode ~= "dup" and mode ~= "mix" and mode ~= "warm" then
-      error("webhook.lua: unknown mode '" .. mode .. "' (new|dup|mix|warm)")
+   if not modes[mode] then
+      error("webhook.lua: unknown mode '" .. mode .. "' (new|dup|mix|warm|fill)")
    end
    run_id = opt(args, "run", "WEBHOOK_RUN_ID", default_run_id or "run")
    hot_prefix = opt(args, "hot", "WEBHOOK_HOT", "hot")
    hot_n = tonumber(opt(args, "hotn", "WEBHOOK_HOTN", "100"))
    dup_share = tonumber(opt(args, "dup", "WEBHOOK_DUP", "0.9"))
    path = opt(args, "path", "WEBHOOK_PATH", "/webhooks/bench")
-   check = opt(args, "check", "WEBHOOK_CHECK", "0") == "1"
+   check = opt(args, "check", "WEBHOOK_CHECK", "0") == "1" or mode == "fill"
+   target_body = tonumber(opt(args, "size", "WEBHOOK_SIZE", "1024"))
+   fill_count = tonumber(opt(args, "count", "WEBHOOK_COUNT", "1000"))
+   fill_done = opt(args, "done", "WEBHOOK_DONE", nil)
 
    local tid = thread_id or 0
    math.randomseed(os.time() * 1000 + tid * 7919)
@@ -176,7 +214,9 @@ function init(args)
 
    request = request_impl
    -- wrk skips header/body parsing for Lua when `response` is nil after init().
-   if check then
+   if mode == "fill" then
+      response = response_fill
+   elseif check then
       response = response_checked
    elseif mode == "warm" then
       response = response_warm_only
