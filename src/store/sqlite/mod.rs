@@ -221,6 +221,11 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // NORMAL: a commit writes the WAL without syncing it; the syncer thread syncs it before any
     // completion is answered (see the module docs). Checkpoints still sync as they always do.
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")?;
+    // A statement with `LIMIT ?` would otherwise be compiled again on every run: SQLite plans
+    // such a LIMIT for its bound value, and rusqlite's statement cache clears the bindings of
+    // every statement handed back to it, which expires the plan. The async inbox's `take_due`
+    // runs per delivery; re-preparing it took a fifth of the writer thread (docs/performance.md).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES};"))?;
     schema::migrate(&conn)?;
     events::recover(&conn)?;
