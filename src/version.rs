@@ -10,7 +10,7 @@
 //! can compare versions with a byte comparison inside one atomic statement or script, without
 //! knowing what a version is.
 
-mod instant;
+pub(crate) mod instant;
 
 use std::cmp::Ordering;
 use std::fmt;

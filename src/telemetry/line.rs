@@ -125,18 +125,10 @@ fn timestamp(second: &mut i64, stamp: &mut [u8; 19], out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` of a UNIX second (Howard Hinnant's days-to-civil algorithm).
+/// `YYYY-MM-DDTHH:MM:SS` of a UNIX second.
 fn date_time(secs: i64) -> [u8; 19] {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::version::instant::civil_from_days(days);
     let mut out = *b"0000-00-00T00:00:00";
     let mut put = |at: usize, width: usize, mut v: i64| {
         for i in (at..at + width).rev() {
