@@ -204,8 +204,42 @@ impl std::io::Write for LogBuffer {
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> LogBuffer {
-        self.clone()
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter { buffer: self.clone(), at_once: false }
+    }
+
+    /// Warnings and errors are written out at once, with every line buffered before them: they
+    /// are rare, and they are the lines an operator needs after a crash (a lost claim, a
+    /// completion that could not be stored), which a SIGKILL within the flush interval would
+    /// otherwise take with it.
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LogWriter {
+        LogWriter { buffer: self.clone(), at_once: *meta.level() <= tracing::Level::WARN }
+    }
+}
+
+/// One log line's way into the [`LogBuffer`].
+pub struct LogWriter {
+    buffer: LogBuffer,
+    at_once: bool,
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.append(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // The line is complete once its writer is dropped (tracing writes a line through one).
+        if self.at_once {
+            self.buffer.write_out();
+        }
     }
 }
