@@ -119,14 +119,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-forget_pid() {
-    local pid=$1 i
-    for i in "${!PIDS[@]}"; do
-        if [[ "${PIDS[$i]}" == "$pid" ]]; then unset 'PIDS[i]' 'NAMES[i]'; fi
-    done
-    PIDS=("${PIDS[@]}")
-    NAMES=("${NAMES[@]}")
-}
 stop_one() { # pid name
     stop_pid "$1" "$2"
     forget_pid "$1"

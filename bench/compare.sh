@@ -117,14 +117,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-forget_pid() {
-    local pid=$1 i
-    for i in "${!PIDS[@]}"; do
-        if [[ "${PIDS[$i]}" == "$pid" ]]; then unset 'PIDS[i]' 'NAMES[i]'; fi
-    done
-    PIDS=("${PIDS[@]}")
-    NAMES=("${NAMES[@]}")
-}
 
 for a in "$UP_ADDR" "$NGX_ADDR" "$IDG_ADDR" "$CEIL_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (a previous run still alive? set PORT_BASE)"; fi

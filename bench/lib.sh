@@ -117,3 +117,12 @@ EOF
     NGX_PID=$LAST_PID
     wait_http nginx "$NGX_PID" "http://$listen/healthz"
 }
+
+forget_pid() { # pid: drop from the cleanup list (PIDS, NAMES) once stopped
+    local pid=$1 i
+    for i in "${!PIDS[@]}"; do
+        if [[ "${PIDS[$i]}" == "$pid" ]]; then unset 'PIDS[i]' 'NAMES[i]'; fi
+    done
+    PIDS=("${PIDS[@]}")
+    NAMES=("${NAMES[@]}")
+}

@@ -189,13 +189,13 @@ async fn attempt(gate: &Gate, app: Upstream, route: &Route, metrics: &QueueMetri
         Attempted::Dead { status, error } => (AttemptResult::dead, *status, error.clone()),
     };
     metrics.attempt(result);
-    let result_name = format!("{result:?}");
+    let result_name = result.as_str();
     if result == AttemptResult::dead {
         tracing::warn!(route = %route.name, key = %event.id.key, attempt = n, result = result_name, status, error, "delivery: dead letter");
     } else {
         tracing::info!(route = %route.name, key = %event.id.key, attempt = n, result = result_name, status, error, "delivery");
     }
-    match gate.records.backend().finish_attempt(event.id.clone(), token, outcome, now_ms()).await {
+    match gate.records.backend().finish_attempt(event.id.clone(), token, outcome).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(route = %route.name, key = %event.id.key, attempt = n, "the delivery's lease ended before it finished; it is delivered again");

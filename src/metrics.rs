@@ -108,6 +108,16 @@ pub enum AttemptResult {
     dead,
 }
 
+impl AttemptResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::ok => "ok",
+            AttemptResult::retry => "retry",
+            AttemptResult::dead => "dead",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct AttemptLabels {
     pub route: String,

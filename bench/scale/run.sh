@@ -122,14 +122,6 @@ for a in "$UP_ADDR" "$IDG_ADDR" "$ADMIN_ADDR"; do
 done
 
 
-forget_pid() { # pid: drop from the cleanup list once stopped
-    local pid=$1 i
-    for i in "${!PIDS[@]}"; do
-        if [[ "${PIDS[$i]}" == "$pid" ]]; then unset 'PIDS[i]' 'NAMES[i]'; fi
-    done
-    PIDS=("${PIDS[@]}")
-    NAMES=("${NAMES[@]}")
-}
 
 
 

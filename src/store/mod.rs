@@ -122,13 +122,7 @@ pub trait Store: Send + Sync + 'static {
         unsupported()
     }
     /// Records how an attempt ended, if `token` still holds the event; false if it does not.
-    fn finish_attempt(
-        &self,
-        _id: RecordId,
-        _token: u64,
-        _attempted: queue::Attempted,
-        _now_ms: i64,
-    ) -> StoreFuture<bool> {
+    fn finish_attempt(&self, _id: RecordId, _token: u64, _attempted: queue::Attempted) -> StoreFuture<bool> {
         unsupported()
     }
     /// The event of a key on an async route, in any state.

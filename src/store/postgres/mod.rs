@@ -279,7 +279,7 @@ impl Store for PostgresStore {
         let route = route.to_string();
         self.call(move |db| Box::pin(async move { events::take_due(&db, &route, now_ms, max, token, lease_ms).await }))
     }
-    fn finish_attempt(&self, id: RecordId, token: u64, attempted: Attempted, _now_ms: i64) -> StoreFuture<bool> {
+    fn finish_attempt(&self, id: RecordId, token: u64, attempted: Attempted) -> StoreFuture<bool> {
         self.call(move |db| Box::pin(async move { events::finish_attempt(&db, &id, token, &attempted).await }))
     }
     fn event(&self, id: RecordId) -> StoreFuture<Option<QueuedEvent>> {

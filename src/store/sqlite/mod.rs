@@ -292,7 +292,7 @@ impl Store for SqliteStore {
         let route = route.to_string();
         expect_outcome!(self.submit(Op::TakeDue { route, now_ms, max, token, lease_ms }), Events)
     }
-    fn finish_attempt(&self, id: RecordId, token: u64, attempted: Attempted, _now_ms: i64) -> StoreFuture<bool> {
+    fn finish_attempt(&self, id: RecordId, token: u64, attempted: Attempted) -> StoreFuture<bool> {
         expect_outcome!(self.submit(Op::FinishAttempt(id, token, attempted)), Flag)
     }
     fn event(&self, id: RecordId) -> StoreFuture<Option<QueuedEvent>> {
