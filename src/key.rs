@@ -126,7 +126,7 @@ impl KeyExtractor {
         let Some((value, origin)) = self.raw(req, Use::Key)? else {
             return Ok(None);
         };
-        validate(&value, &origin, max_len)?;
+        validate(&value, origin, max_len)?;
         Ok(Some(value))
     }
 
@@ -135,13 +135,13 @@ impl KeyExtractor {
     pub fn extract_scope(&self, req: &RequestView<'_>, max_len: usize) -> Result<Option<String>, KeyError> {
         let Some((value, origin)) = self.raw(req, Use::Scope)? else { return Ok(None) };
         if value.len() > max_len {
-            return Err(KeyError::TooLong(origin, max_len));
+            return Err(KeyError::TooLong(origin.describe(), max_len));
         }
         Ok(Some(value))
     }
 
-    /// The raw value and a description of where it came from, for error messages.
-    fn raw(&self, req: &RequestView<'_>, usage: Use) -> Result<Option<(String, String)>, KeyError> {
+    /// The raw value and the source it came from (described only in an error message).
+    fn raw(&self, req: &RequestView<'_>, usage: Use) -> Result<Option<(String, &KeyExtractor)>, KeyError> {
         let found = match self {
             KeyExtractor::Header(name) => header_value(req.headers, name, usage)?,
             KeyExtractor::Json(pointer) => json_value(req.json()?, pointer)?,
@@ -155,28 +155,27 @@ impl KeyExtractor {
                 }
                 None
             }
-            KeyExtractor::All(parts) => return composite(parts, req, usage),
+            KeyExtractor::All(parts) => return Ok(composite(parts, req, usage)?.map(|key| (key, self))),
         };
-        Ok(found.filter(|v| !v.is_empty()).map(|v| (v, self.describe())))
+        Ok(found.filter(|v| !v.is_empty()).map(|v| (v, self)))
     }
 }
 
 /// Joins the parts of an `all` key. Each part escapes `%` and `:` so that `a:b`+`c` and `a`+`b:c`
 /// can never produce the same key.
-fn composite(parts: &[KeyExtractor], req: &RequestView<'_>, usage: Use) -> Result<Option<(String, String)>, KeyError> {
+fn composite(parts: &[KeyExtractor], req: &RequestView<'_>, usage: Use) -> Result<Option<String>, KeyError> {
     let mut key = String::new();
     for (i, part) in parts.iter().enumerate() {
         let Some((value, origin)) = part.raw(req, usage)? else {
             return Ok(None);
         };
-        validate(&value, &origin, usize::MAX)?;
+        validate(&value, origin, usize::MAX)?;
         if i > 0 {
             key.push(':');
         }
         key.push_str(&value.replace('%', "%25").replace(':', "%3A"));
     }
-    let origin = KeyExtractor::All(parts.to_vec()).describe();
-    Ok(Some((key, origin)))
+    Ok(Some(key))
 }
 
 /// What a value is taken for: a key must be one unambiguous value; a scope (often a credential,
@@ -253,12 +252,12 @@ fn pair_value(encoded: &str, name: &str, what: &str) -> Result<Option<String>, K
     Ok(found)
 }
 
-fn validate(value: &str, origin: &str, max_len: usize) -> Result<(), KeyError> {
+fn validate(value: &str, origin: &KeyExtractor, max_len: usize) -> Result<(), KeyError> {
     if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(KeyError::NotVisible(origin.to_string()));
+        return Err(KeyError::NotVisible(origin.describe()));
     }
     if value.len() > max_len {
-        return Err(KeyError::TooLong(origin.to_string(), max_len));
+        return Err(KeyError::TooLong(origin.describe(), max_len));
     }
     Ok(())
 }

@@ -102,10 +102,31 @@ impl Default for RequestIds {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{:016x}{n:016x}", self.prefix);
-        http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+        // Written in place: a `format!` here cost a second allocation per request.
+        let mut id = [0u8; 32];
+        for (i, byte) in self.prefix.to_be_bytes().into_iter().chain(n.to_be_bytes()).enumerate() {
+            id[2 * i] = HEX[usize::from(byte >> 4)];
+            id[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        http::HeaderValue::from_bytes(&id).ok().map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_the_counter_in_32_hex_digits() {
+        let mut ids = RequestIds { prefix: 0x0123_4567_89ab_cdef, next: Arc::default() };
+        let req = Request::new(());
+        let id = |ids: &mut RequestIds| ids.make_request_id(&req).unwrap().into_header_value();
+        assert_eq!(id(&mut ids), "0123456789abcdef0000000000000000");
+        assert_eq!(id(&mut ids), "0123456789abcdef0000000000000001");
     }
 }

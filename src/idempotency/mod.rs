@@ -48,6 +48,7 @@
 //! `examples/embed_axum.rs`.
 
 mod accept;
+mod detach;
 mod lease;
 pub mod shadow;
 pub mod stage;

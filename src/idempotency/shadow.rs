@@ -154,7 +154,7 @@ where
         Verdict::Owned(exchange) => {
             report.would(Would::forwarded, None, None);
             parts.extensions.insert(Reserved(Arc::new(memory)));
-            stage.spawn_exchange(*exchange, parts, body).await
+            stage.detached_exchange(*exchange, parts, body).await
         }
         Verdict::Would { would, reason } => {
             report.would(would, key.as_deref(), reason);

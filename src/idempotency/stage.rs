@@ -9,9 +9,10 @@
 //! ```
 //!
 //! A request whose route forwards keyless requests (`missing_key: forward`) goes to the service
-//! behind as it is. An owned key's exchange runs on a task of its own: a sender that hangs up
+//! behind as it is. An owned key's claim and exchange are [`detached`]: a sender that hangs up
 //! does not cancel the app call, and its retry gets the stored response.
 
+use super::detach::detached;
 use super::lease::{Claimed, Lease};
 use super::stale;
 use crate::config::{Concurrent, MissingKey, StaleAction};
@@ -163,7 +164,7 @@ where
                         note(&|f| f.took_over());
                     }
                     let exchange = Exchange { route, lease: *lease, fingerprint, forward_key: true };
-                    return self.spawn_exchange(exchange, parts, body).await;
+                    return self.detached_exchange(exchange, parts, body).await;
                 }
             }
         }
@@ -180,14 +181,13 @@ where
         if let Some(done) = self.gate.records.cached(id, now_ms()) {
             return Ok(completed(done, fingerprint));
         }
-        // On a task of its own: a sender that hangs up while the store records the claim drops
-        // this request, but not the claim, which still becomes a Lease; dropped unended, the
-        // Lease gives the key back. Awaited here, a dropped claim would hold the key for its
-        // whole lease with no one to forward it.
+        // Detached: a sender that hangs up while the store records the claim drops this
+        // request, but not the claim, which still becomes a Lease; dropped unended, the Lease
+        // gives the key back. Cancelled with the request, a claim the store recorded would hold
+        // the key for its whole lease with no one to forward it.
         let (stage, route, id) = (self.clone(), route.clone(), id.clone());
-        tokio::spawn(async move { stage.claim_in_store(&route, &id, fingerprint).await })
-            .await
-            .unwrap_or_else(|e| Err(Problem::Internal(e.to_string())))
+        let claim = async move { stage.claim_in_store(&route, &id, fingerprint).await };
+        detached(claim, &self.gate.exchanges).await.unwrap_or_else(|_| Err(panicked("the claim")))
     }
 
     async fn claim_in_store(
@@ -254,15 +254,15 @@ where
         ))))
     }
 
-    /// The exchange of an owned key, on a task of its own (see the module's comment).
-    pub(super) async fn spawn_exchange(
+    /// The exchange of an owned key, detached from its request (see the module's comment).
+    pub(super) async fn detached_exchange(
         &self,
         exchange: Exchange,
         parts: Parts,
         body: Bytes,
     ) -> Result<Response<Body>, Problem> {
-        let task = self.clone().exchange(exchange, parts, body).in_current_span();
-        self.gate.exchanges.spawn(task).await.unwrap_or_else(|e| Err(Problem::Internal(e.to_string())))
+        let work = self.clone().exchange(exchange, parts, body).in_current_span();
+        detached(work, &self.gate.exchanges).await.unwrap_or_else(|_| Err(panicked("the exchange with the app")))
     }
 
     /// Stages `stale` (on guarded routes), `forward`, `capture` and `commit` for an owned key.
@@ -461,6 +461,10 @@ fn completed(done: Arc<Completed>, fingerprint: Option<Fingerprint>) -> Claimed 
         Decision::Replay(done) => Claimed::Replay(done),
         _ => Claimed::Mismatch,
     }
+}
+
+fn panicked(what: &str) -> Problem {
+    Problem::Internal(format!("{what} panicked"))
 }
 
 /// Completion retries: the first after this, each later one twice as late, up to the max; none

@@ -3,6 +3,7 @@
 
 use super::path::{NormalPath, fold, has_case};
 use http::Method;
+use std::borrow::Cow;
 
 /// A route's `match:`, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,18 +49,26 @@ impl Matcher {
         Ok(Matcher { kind, written: written.clone(), segments, case_sensitive: cfg.case_sensitive, methods })
     }
 
-    /// `path` and `folded` are the request's normalized path and its [`NormalPath::folded`].
-    pub fn matches(&self, method: &Method, path: &NormalPath, folded: &NormalPath) -> bool {
-        let path = if self.case_sensitive { path } else { folded };
-        let path_ok = match self.kind {
-            Kind::Exact => path.segments == self.segments,
-            Kind::Prefix => path.segments.starts_with(&self.segments),
+    /// `path` and `folded` are the request's normalized segments and the same, folded.
+    pub fn matches(&self, method: &Method, path: &[&str], folded: &[Cow<'_, str>]) -> bool {
+        let path_ok = match self.case_sensitive {
+            true => self.path_matches(path),
+            false => self.path_matches(folded),
         };
         // Methods are case-sensitive in HTTP, but not to every app (Werkzeug upper-cases them):
         // `post` must not slip past a POST route.
         path_ok
             && (self.methods.is_empty()
                 || self.methods.iter().any(|m| m.as_str().eq_ignore_ascii_case(method.as_str())))
+    }
+
+    fn path_matches<S: AsRef<str>>(&self, path: &[S]) -> bool {
+        let n = self.segments.len();
+        let len_ok = match self.kind {
+            Kind::Exact => path.len() == n,
+            Kind::Prefix => path.len() >= n,
+        };
+        len_ok && path.iter().zip(&self.segments).all(|(theirs, ours)| theirs.as_ref() == ours)
     }
 
     /// Whether every request `later` could match is matched by this one (so `later`, after it, never is).
@@ -125,8 +134,10 @@ mod tests {
     }
 
     fn hits(m: &Matcher, method: &str, raw: &str) -> bool {
-        let path = NormalPath::parse(raw).unwrap();
-        m.matches(&Method::from_bytes(method.as_bytes()).unwrap(), &path, &path.folded())
+        let decoded = super::super::path::decode(raw).unwrap();
+        let path = super::super::path::segments(&decoded).unwrap();
+        let folded: Vec<_> = path.iter().map(|s| super::super::path::fold_cow(s)).collect();
+        m.matches(&Method::from_bytes(method.as_bytes()).unwrap(), &path, &folded)
     }
 
     #[test]

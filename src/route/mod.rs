@@ -381,8 +381,9 @@ impl Router {
         if self.routes.is_empty() {
             return Ok(RouteMatch::Unmatched);
         }
-        let path = NormalPath::parse(raw_path)?;
-        let folded = path.folded();
+        let decoded = path::decode(raw_path)?;
+        let path = path::segments(&decoded)?;
+        let folded: Vec<_> = path.iter().map(|s| path::fold_cow(s)).collect();
         Ok(self
             .routes
             .iter()

@@ -15,6 +15,8 @@
 //!    only a parameter (`/;x/`);
 //! 5. for a case-insensitive route, compare ASCII case-folded (see [`fold`]).
 
+use std::borrow::Cow;
+
 /// A normalized request path: its segments, without parameters, dots or empty segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalPath {
@@ -47,7 +49,9 @@ impl std::fmt::Display for NormalPath {
 impl NormalPath {
     /// Normalizes a request path for matching; an error means no route decision could be trusted (400).
     pub fn parse(raw: &str) -> Result<NormalPath, PathError> {
-        parse(raw)
+        let decoded = decode(raw)?;
+        let segments = segments(&decoded)?.into_iter().map(str::to_string).collect();
+        Ok(NormalPath { segments })
     }
 
     /// The same path, case-folded for a case-insensitive comparison.
@@ -58,16 +62,13 @@ impl NormalPath {
 
 /// The normal form of a request path, as text: `/Webhooks/%67ithub;x=1/` is `/Webhooks/github`.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
-    parse(raw).map(|p| p.to_string())
+    NormalPath::parse(raw).map(|p| p.to_string())
 }
 
-fn parse(raw: &str) -> Result<NormalPath, PathError> {
-    if raw.contains('\\') {
-        return Err(PathError::Backslash);
-    }
+/// Steps 3 and 4: the segments of a decoded path.
+pub fn segments(decoded: &str) -> Result<Vec<&str>, PathError> {
     // Decoding first is safe: it never yields a '/', a '\' or a ';'.
-    let decoded = decode_unreserved(raw)?;
-    let mut segments: Vec<String> = Vec::new();
+    let mut segments = Vec::new();
     for seg in decoded.split('/') {
         let (name, param) = match seg.split_once(';') {
             Some((name, _)) => (name, true),
@@ -79,10 +80,19 @@ fn parse(raw: &str) -> Result<NormalPath, PathError> {
             ".." => {
                 segments.pop().ok_or(PathError::AboveRoot)?;
             }
-            s => segments.push(s.to_string()),
+            s => segments.push(s),
         }
     }
-    Ok(NormalPath { segments })
+    Ok(segments)
+}
+
+/// [`fold`], borrowing a segment that folding leaves as it is (lower-case ASCII without escapes).
+pub fn fold_cow(segment: &str) -> Cow<'_, str> {
+    if segment.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase() && b != b'%') {
+        Cow::Borrowed(segment)
+    } else {
+        Cow::Owned(fold(segment))
+    }
 }
 
 /// ASCII lower case, and the four non-ASCII letters whose Unicode case mapping is ASCII (`ſ` is
@@ -130,9 +140,14 @@ fn chars_outside_escapes(segment: &str) -> impl Iterator<Item = (char, bool)> + 
     })
 }
 
-fn decode_unreserved(raw: &str) -> Result<String, PathError> {
+/// Steps 1 and 2 (see the module's comment): the path with its unreserved characters decoded,
+/// borrowed as it is when it has nothing to decode (the common case: no allocation per request).
+pub fn decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if raw.contains('\\') {
+        return Err(PathError::Backslash);
+    }
     if !raw.contains('%') {
-        return Ok(raw.to_string());
+        return Ok(Cow::Borrowed(raw));
     }
     // Bytes, not chars: a non-ASCII character is several bytes and must pass through whole.
     let bytes = raw.as_bytes();
@@ -159,7 +174,7 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
         i += 3;
     }
     // Only ASCII was decoded and every other byte copied whole, so this is the input's UTF-8.
-    String::from_utf8(out).map_err(|_| PathError::BadPercent)
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| PathError::BadPercent)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use super::record::{Completed, RecordId};
 use moka::sync::Cache;
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,7 @@ impl CompletedCache {
 
     /// A hit only while the record has not expired, whatever moka's own clock says.
     pub fn get(&self, id: &RecordId, now_ms: i64) -> Option<Arc<Completed>> {
-        self.inner.get(&id.cache_key()).filter(|c| c.expires_ms > now_ms)
+        with_cache_key(id, |key| self.inner.get(key)).filter(|c| c.expires_ms > now_ms)
     }
 
     pub fn insert(&self, id: &RecordId, completed: Arc<Completed>) {
@@ -51,6 +52,17 @@ impl CompletedCache {
     }
 
     pub fn remove(&self, id: &RecordId) {
-        self.inner.invalidate(&id.cache_key());
+        with_cache_key(id, |key| self.inner.invalidate(key));
     }
+}
+
+/// Calls `f` with `id`'s cache key, written into a buffer of the thread's: a look-up (every
+/// replay) allocates no key of its own.
+fn with_cache_key<T>(id: &RecordId, f: impl FnOnce(&str) -> T) -> T {
+    thread_local!(static KEY: RefCell<String> = const { RefCell::new(String::new()) });
+    KEY.with_borrow_mut(|key| {
+        key.clear();
+        id.write_cache_key(key);
+        f(key)
+    })
 }

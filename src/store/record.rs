@@ -16,7 +16,19 @@ pub struct RecordId {
 impl RecordId {
     /// One string for the in-memory cache; the separator cannot occur in a key (visible ASCII only).
     pub fn cache_key(&self) -> String {
-        format!("{}\n{}\n{}", self.route, self.scope, self.key)
+        let mut key = String::with_capacity(self.route.len() + self.scope.len() + self.key.len() + 2);
+        self.write_cache_key(&mut key);
+        key
+    }
+
+    /// [`Self::cache_key`], into `out`.
+    pub fn write_cache_key(&self, out: &mut String) {
+        for (i, part) in [&*self.route, &self.scope, &self.key].into_iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(part);
+        }
     }
 }
 
@@ -55,7 +67,9 @@ impl StoredResponse {
     }
 
     pub fn header_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.headers.len());
+        // Room for the headers the answer gains on its way out (`Idempotent-Replayed`,
+        // `X-Request-Id`): growing the map would move it.
+        let mut map = HeaderMap::with_capacity(self.headers.len() + 2);
         for (name, value) in &self.headers {
             map.append(name.clone(), value.clone());
         }

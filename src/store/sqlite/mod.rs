@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 /// WAL stays bounded if the background checkpointer cannot keep up.
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 const QUEUE_DEPTH: usize = 4096;
+const STATEMENT_CACHE: usize = 64;
 /// How long a statement waits for a lock held by another process before the store counts as
 /// unavailable (503) rather than slow.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -227,6 +228,8 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // runs per delivery; re-preparing it took a fifth of the writer thread (docs/performance.md).
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES};"))?;
+    // Room for every statement the writer runs (about 25), so none is evicted and compiled again.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     schema::migrate(&conn)?;
     events::recover(&conn)?;
     Ok(conn)

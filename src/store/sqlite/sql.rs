@@ -65,41 +65,44 @@ fn sweep(conn: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<usize
     .execute(params![now_ms, now_ms.saturating_sub(ABANDONED_CLAIM_RETENTION_MS), limit as i64])
 }
 
-/// One statement decides the claim: insert the key, or take over a record whose lease or ttl
-/// has ended. Only if that did not happen is the holder read, to tell replay from in-flight.
+/// A claim is decided in at most three statements, the common case in one: insert the key
+/// (`DO NOTHING` on a conflict: no statement journal, no `RETURNING` table, as cheap as an insert
+/// gets); else take over a record whose lease or ttl has ended; only if neither happened is the
+/// holder read, to tell replay from in-flight. Each claim runs alone on the writer thread, inside
+/// its batch's transaction, so the three are one decision.
 ///
 /// `status` means nothing while a record is in flight, so a takeover of an abandoned claim
 /// (one whose lease ended) marks itself there with 0: `RETURNING` sees only the new row, and
-/// this is how it tells that takeover, a possible second delivery, from a fresh insert.
+/// this is how it tells that takeover, a possible second delivery, from a takeover of an expired
+/// completed record.
 fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
-    let taken: Option<(i64, Option<i64>)> = conn
+    let fingerprint = c.fingerprint.as_ref().map(|f| &f[..]);
+    let expires_ms = c.now_ms.saturating_add(c.lease_ms);
+    let inserted = conn
         .prepare_cached(
             "INSERT INTO records (route, scope, key, state, token, fingerprint, created_ms, expires_ms)
              VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)
-             ON CONFLICT (route, scope, key) DO UPDATE SET
-                 state = 0, token = excluded.token, fingerprint = excluded.fingerprint,
-                 created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
-                 status = CASE WHEN records.state = 0 THEN 0 END,
+             ON CONFLICT (route, scope, key) DO NOTHING",
+        )?
+        .execute(params![&*c.id.route, c.id.scope, c.id.key, c.token as i64, fingerprint, c.now_ms, expires_ms])?;
+    if inserted == 1 {
+        return Ok(ClaimOutcome::Claimed { token: c.token, took_over: false });
+    }
+    let taken: Option<Option<i64>> = conn
+        .prepare_cached(
+            "UPDATE records SET
+                 state = 0, token = ?4, fingerprint = ?5, created_ms = ?6, expires_ms = ?7,
+                 status = CASE WHEN state = 0 THEN 0 END,
                  headers = NULL, body = NULL, body_omitted = 0
-             WHERE records.expires_ms <= excluded.created_ms
-             RETURNING token, status",
+             WHERE route = ?1 AND scope = ?2 AND key = ?3 AND expires_ms <= ?6
+             RETURNING status",
         )?
         .query_row(
-            params![
-                &*c.id.route,
-                c.id.scope,
-                c.id.key,
-                c.token as i64,
-                c.fingerprint.as_ref().map(|f| &f[..]),
-                c.now_ms,
-                c.now_ms.saturating_add(c.lease_ms)
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            params![&*c.id.route, c.id.scope, c.id.key, c.token as i64, fingerprint, c.now_ms, expires_ms],
+            |r| r.get(0),
         )
         .optional()?;
-    if let Some((token, status)) = taken
-        && token == c.token as i64
-    {
+    if let Some(status) = taken {
         return Ok(ClaimOutcome::Claimed { token: c.token, took_over: status == Some(0) });
     }
     conn.prepare_cached(HOLDER)?.query_row(params![&*c.id.route, c.id.scope, c.id.key], holder)

@@ -147,11 +147,18 @@ fn store_wide(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// BEGIN and COMMIT as cached statements: `execute_batch` would parse them again for every batch.
 fn apply_all(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Outcome>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let outcomes = jobs.iter().map(|job| apply(&tx, &job.op)).collect::<Result<Vec<_>, _>>()?;
-    tx.commit()?;
-    Ok(outcomes)
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let applied = jobs
+        .iter()
+        .map(|job| apply(conn, &job.op))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|outcomes| conn.prepare_cached("COMMIT")?.execute([]).map(|_| outcomes));
+    if applied.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    applied
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
