@@ -15,6 +15,9 @@ use tokio::sync::watch;
 struct Relay {
     addr: SocketAddr,
     cut: watch::Sender<bool>,
+    /// Connections relaying now: a cut is complete once none is left, so that no command sent
+    /// after it can slip through an old connection whose task has not seen the cut yet.
+    open: watch::Sender<usize>,
 }
 
 impl Relay {
@@ -22,27 +25,41 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, watching) = watch::channel(false);
+        let open = watch::Sender::new(0usize);
+        let counting = open.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else { continue };
-                let (target, mut cut) = (target.clone(), watching.clone());
+                let (target, mut cut, open) = (target.clone(), watching.clone(), counting.clone());
+                if *cut.borrow() {
+                    continue;
+                }
+                open.send_modify(|n| *n += 1);
                 tokio::spawn(async move {
-                    if *cut.borrow() {
-                        return;
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        tokio::select! {
+                            _ = copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.wait_for(|c| *c) => {}
+                        }
                     }
-                    let Ok(mut server) = TcpStream::connect(&target).await else { return };
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.wait_for(|c| *c) => {}
-                    }
+                    drop(client);
+                    open.send_modify(|n| *n -= 1);
                 });
             }
         });
-        Relay { addr, cut }
+        Relay { addr, cut, open }
     }
 
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
+    /// Cuts every connection and waits until all are closed.
+    async fn cut(&self) {
+        self.cut.send_replace(true);
+        let mut open = self.open.subscribe();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), open.wait_for(|n| *n == 0)).await;
+        assert!(matches!(closed, Ok(Ok(_))), "the relay's connections did not close");
+    }
+
+    fn restore(&self) {
+        self.cut.send_replace(false);
     }
 }
 
@@ -68,7 +85,7 @@ async fn outage(name: &str, store_section: impl Fn(&str) -> String, url: String)
     let (done, fresh) = (format!("{run}-done"), format!("{run}-fresh"));
     assert_eq!(proxy.post("/hooks/a", &[("idempotency-key", &done)], "{}").await.status, 200, "{name}");
 
-    relay.set_cut(true);
+    relay.cut().await;
     let refused = proxy.post("/hooks/a", &[("idempotency-key", &fresh)], "{}").await;
     assert_eq!(refused.assert_problem(503), "urn:idemgate:problem:store-unavailable", "{name}");
     assert!(refused.header("retry-after").is_some());
@@ -76,7 +93,7 @@ async fn outage(name: &str, store_section: impl Fn(&str) -> String, url: String)
     assert!(proxy.post("/hooks/a", &[("idempotency-key", &done)], "{}").await.replayed(), "{name}: from memory");
     assert_eq!(proxy.admin.get("/readyz").await.status, 503, "{name}");
 
-    relay.set_cut(false);
+    relay.restore();
     let back = proxy.post("/hooks/a", &[("idempotency-key", &fresh)], "{}").await;
     assert_eq!(back.status, 200, "{name}: recovered without a restart: {:?}", back.body);
     assert_eq!(app.count(&fresh), 1);

@@ -3,7 +3,7 @@
 //! In-flight claims are never cached: their truth changes underneath (release, lease expiry),
 //! and only the backend can arbitrate them.
 
-use super::record::{Completed, RecordId};
+use super::record::{Completed, RecordId, StoredResponse};
 use moka::sync::Cache;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -36,6 +36,10 @@ impl CompletedCache {
                 }
             })
             .max_capacity(max_bytes)
+            // Sized for the entries the byte bound holds (at least PER_ENTRY bytes each), up to
+            // a limit: growing the table while it fills cost first-seen keys a rehash now and
+            // then (a fifth of moka's insert under load).
+            .initial_capacity(initial_entries(max_bytes))
             .weigher(|k: &String, v: &Arc<Completed>| (k.len() + v.response.weight()).try_into().unwrap_or(u32::MAX))
             .expire_after(UntilRecordExpiry)
             .build_with_hasher(foldhash::fast::RandomState::default());
@@ -54,6 +58,11 @@ impl CompletedCache {
     pub fn remove(&self, id: &RecordId) {
         with_cache_key(id, |key| self.inner.invalidate(key));
     }
+}
+
+fn initial_entries(max_bytes: u64) -> usize {
+    const MAX_INITIAL: u64 = 1 << 16;
+    (max_bytes / StoredResponse::PER_ENTRY as u64).min(MAX_INITIAL) as usize
 }
 
 /// Calls `f` with `id`'s cache key, written into a buffer of the thread's: a look-up (every

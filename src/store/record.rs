@@ -82,10 +82,12 @@ impl StoredResponse {
     /// RSS per cached record whose body and headers take about 150.
     pub fn weight(&self) -> usize {
         const PER_HEADER: usize = 64;
-        const PER_ENTRY: usize = 1024;
         let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER).sum();
-        self.body.len() + headers + PER_ENTRY
+        self.body.len() + headers + Self::PER_ENTRY
     }
+
+    /// The least an entry weighs in the cache.
+    pub const PER_ENTRY: usize = 1024;
 }
 
 /// Headers as [`StoredResponse::encode_headers`] writes them; stored requests use it too.
