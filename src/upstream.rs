@@ -49,13 +49,14 @@ impl AppClient {
     /// Points the request at the app, keeping its path and query as they arrived, and removes
     /// hop-by-hop headers (those belong to the client's connection, not to the app's).
     fn prepare(&self, req: &mut Request<Body>) -> Result<(), Problem> {
-        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        *req.uri_mut() = Uri::builder()
-            .scheme("http")
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| Problem::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+        // The parts as they are (reference-counted), not a URI text parsed again per request.
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query =
+            Some(req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+        *req.uri_mut() =
+            Uri::from_parts(uri).map_err(|e| Problem::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         *req.version_mut() = http::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
         if let Some(ClientAddr(client)) = req.extensions().get::<ClientAddr>().copied() {
@@ -99,6 +100,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes the RFC 9110 hop-by-hop headers and every header the `Connection` header names.
 /// `Upgrade` goes too: idemgate does not tunnel protocols.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at the names present costs less than nine removals,
+    // each a hash and a probe. (A `Connection` header is one of them, so nominated names are
+    // never missed.)
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name) || name == header::UPGRADE) {
+        return;
+    }
     let nominated: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

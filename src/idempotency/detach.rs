@@ -13,6 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// `work`, polled in place; dropped before it finished, the rest is spawned on `tracker` (the
 /// shutdown drain waits for it).
@@ -21,7 +22,9 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    Detached { work: Some(Box::pin(work)), tracker: tracker.clone() }
+    // Boxed at once, and only once: an exchange's future is kilobytes, and every move of it is
+    // a copy (wrapped in `Instrumented` first, it was copied three times per request).
+    Detached { work: Some(Box::pin(work)), span: tracing::Span::current(), tracker: tracker.clone() }
 }
 
 type Work<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -29,6 +32,8 @@ type Work<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(super) struct Detached<T: Send + 'static> {
     /// `None` once finished, or once a poll panicked (a panicked future cannot be resumed).
     work: Option<Work<T>>,
+    /// The request's span: polled in place the work is inside it; spawned, it takes it along.
+    span: tracing::Span,
     tracker: TaskTracker,
 }
 
@@ -62,7 +67,8 @@ impl<T: Send + 'static> Drop for Detached<T> {
         // Without a runtime (the process is ending) the work is dropped: a lease it holds is
         // given back, as a claim the process did not finish is.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            self.tracker.spawn_on(async move { drop(work.await) }, &runtime);
+            let span = std::mem::replace(&mut self.span, tracing::Span::none());
+            self.tracker.spawn_on(async move { drop(work.await) }.instrument(span), &runtime);
         }
     }
 }

@@ -261,8 +261,9 @@ where
         parts: Parts,
         body: Bytes,
     ) -> Result<Response<Body>, Problem> {
-        let work = self.clone().exchange(exchange, parts, body).in_current_span();
-        detached(work, &self.gate.exchanges).await.unwrap_or_else(|_| Err(panicked("the exchange with the app")))
+        detached(self.clone().exchange(exchange, parts, body), &self.gate.exchanges)
+            .await
+            .unwrap_or_else(|_| Err(panicked("the exchange with the app")))
     }
 
     /// Stages `stale` (on guarded routes), `forward`, `capture` and `commit` for an owned key.
@@ -276,19 +277,30 @@ where
 
     /// The exchange, holding the delivery's entity when the route has a stale guard.
     async fn guarded_exchange(&self, exchange: Exchange, parts: Parts, body: Bytes) -> Result<Response<Body>, Problem> {
-        let route = exchange.route.clone();
         // Shadow mode forwards everything: it has nothing to guard.
-        let named = match (&route.stale, exchange.forward_key) {
+        let named = match (&exchange.route.stale, exchange.forward_key) {
             (Some(guard), true) => stale::identify(guard, &parts, &body, &exchange.lease.id),
             _ => None,
         };
-        let Some((entity, version)) = named else {
-            let captured = self
-                .forward_and_capture(&exchange, parts, body, false)
-                .instrument(tracing::debug_span!("forward"))
-                .await;
-            return self.commit(exchange, captured).instrument(tracing::debug_span!("commit")).await;
-        };
+        if let Some((entity, version)) = named {
+            // Boxed: the guard's states are kilobytes that every other exchange would carry.
+            return Box::pin(self.stale_guarded(exchange, parts, body, entity, version)).await;
+        }
+        let captured =
+            self.forward_and_capture(&exchange, parts, body, false).instrument(tracing::debug_span!("forward")).await;
+        self.commit(exchange, captured).instrument(tracing::debug_span!("commit")).await
+    }
+
+    /// The exchange of a delivery to a stale-guarded route: one delivery per entity at a time.
+    async fn stale_guarded(
+        &self,
+        exchange: Exchange,
+        parts: Parts,
+        body: Bytes,
+        entity: RecordId,
+        version: crate::version::Version,
+    ) -> Result<Response<Body>, Problem> {
+        let route = exchange.route.clone();
         let entity = match stale::enter(&self.gate, &route, entity, version).await {
             Ok(entity) => entity,
             Err(problem) => {
