@@ -14,7 +14,7 @@
 //! request enforcing would not have forwarded is logged with its reason.
 
 use super::lease::Claimed;
-use super::stage::{Exchange, Stage, fingerprint, identify};
+use super::stage::{Exchange, Head, Stage, fingerprint, identify};
 use crate::error::{Body, BoxError, Problem, SendFuture};
 use crate::layer::body::{Read, Reserved, read_or_spill};
 use crate::layer::report::{Facts, logged_key};
@@ -183,14 +183,14 @@ where
     if let Err(problem) = crate::layer::verify::check(route, &parts.method, &parts.uri, &parts.headers, body) {
         return (refused(Would::unverified, problem), None);
     }
-    let id = match identify(route, parts, body) {
+    let id = match identify(route, Head::of(parts), body) {
         Ok(Some(id)) => id,
         // `missing_key: forward`: enforcing would forward it unprotected too.
         Ok(None) => return (Verdict::Would { would: Would::forwarded, reason: None }, None),
         Err(problem) => return (refused(Would::rejected, problem), None),
     };
     let key = Some(id.key.clone());
-    let fingerprint = match fingerprint(route, parts, body) {
+    let fingerprint = match fingerprint(route, Head::of(parts), body) {
         Ok(fingerprint) => fingerprint,
         Err(problem) => return (refused(Would::rejected, problem), key),
     };

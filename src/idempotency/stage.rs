@@ -98,7 +98,36 @@ where
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        if let Some(answer) = self.replay_from_cache(&req) {
+            return Box::pin(std::future::ready(answer));
+        }
         Box::pin(self.clone().run(req))
+    }
+}
+
+impl<S> Stage<S> {
+    /// A duplicate of a key completed and still in the cache, answered at once: what [`Stage::run`]
+    /// would answer, without its future (a kilobyte and a half to allocate and copy) or a clone of
+    /// the stage. Anything else, errors included, takes the whole path.
+    fn replay_from_cache(&self, req: &Request<Bytes>) -> Option<Result<Response<Body>, Problem>> {
+        let route = req.extensions().get::<Arc<Route>>()?;
+        if route.is_async() {
+            return None;
+        }
+        let head = Head::of_request(req);
+        let id = identify(route, head, req.body()).ok()??;
+        let fingerprint = fingerprint(route, head, req.body()).ok()?;
+        let done = self.gate.records.cached(&id, now_ms())?;
+        let facts = req.extensions().get::<Facts>();
+        facts.inspect(|f| f.key(&id.key));
+        Some(match completed(done, fingerprint) {
+            Claimed::Replay(done) => {
+                facts.inspect(|f| f.outcome(Outcome::replayed));
+                tracing::debug!(target: crate::telemetry::SPAN_EVENTS, "replay");
+                Ok(replay::replay(&done.response))
+            }
+            _ => Err(Problem::Mismatch),
+        })
     }
 }
 
@@ -125,7 +154,7 @@ where
         let route = parts.extensions.get::<Arc<Route>>().cloned().ok_or(Problem::Internal("no route".into()))?;
         let facts = parts.extensions.get::<Facts>().cloned();
         let note = |f: &dyn Fn(&Facts)| facts.iter().for_each(f);
-        let Some(id) = identify(&route, &parts, &body)? else {
+        let Some(id) = identify(&route, Head::of(&parts), &body)? else {
             note(&|f| f.outcome(Outcome::passthrough));
             self.gate.routes().strip_forged_keys(&mut parts.headers);
             let response = self.call_app(Request::from_parts(parts, replay::full(body))).await?;
@@ -135,7 +164,7 @@ where
         if route.is_async() {
             return super::accept::accept(&self.gate, &route, id, parts, body, facts.as_ref()).await;
         }
-        let fingerprint = fingerprint(&route, &parts, &body)?;
+        let fingerprint = fingerprint(&route, Head::of(&parts), &body)?;
         let deadline = Instant::now() + route.policy.wait_timeout.0;
         let mut backoff = Backoff::default();
         loop {
@@ -485,17 +514,34 @@ const COMPLETE_RETRY_FIRST: Duration = Duration::from_millis(25);
 const COMPLETE_RETRY_MAX: Duration = Duration::from_secs(1);
 const COMPLETE_RETRY_MARGIN: Duration = Duration::from_secs(6);
 
+/// What `identify` and `fingerprint` read of a request's head.
+#[derive(Clone, Copy)]
+pub(super) struct Head<'a> {
+    headers: &'a http::HeaderMap,
+    uri: &'a http::Uri,
+}
+
+impl<'a> Head<'a> {
+    pub(super) fn of(parts: &'a Parts) -> Head<'a> {
+        Head { headers: &parts.headers, uri: &parts.uri }
+    }
+
+    fn of_request<B>(req: &'a Request<B>) -> Head<'a> {
+        Head { headers: req.headers(), uri: req.uri() }
+    }
+}
+
 /// Stage `identify`: the key and the scope. `None` when the key is missing and the route
 /// forwards such requests unprotected.
-pub(super) fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<RecordId>, Problem> {
-    let view = RequestView::new(&parts.headers, parts.uri.query(), body);
+pub(super) fn identify(route: &Route, head: Head<'_>, body: &Bytes) -> Result<Option<RecordId>, Problem> {
+    let view = RequestView::new(head.headers, head.uri.query(), body);
     let key = match route.key.extract(&view, route.policy.max_key_length)? {
         Some(key) => key,
         None if route.policy.missing_key == MissingKey::Forward => return Ok(None),
         None => return Err(KeyError::Missing(route.key.describe()).into()),
     };
     let scope = match &route.scope {
-        None if route.credentials_scoped => scope::of_credentials(&parts.headers),
+        None if route.credentials_scoped => scope::of_credentials(head.headers),
         None => scope::SHARED.to_string(),
         Some(scope) => {
             let value =
@@ -511,7 +557,7 @@ pub(super) fn identify(route: &Route, parts: &Parts, body: &Bytes) -> Result<Opt
 const SCOPE_MAX: usize = 8192;
 
 /// Stage `fingerprint`.
-pub(super) fn fingerprint(route: &Route, parts: &Parts, body: &Bytes) -> Result<Option<Fingerprint>, Problem> {
-    let view = RequestView::new(&parts.headers, parts.uri.query(), body);
+pub(super) fn fingerprint(route: &Route, head: Head<'_>, body: &Bytes) -> Result<Option<Fingerprint>, Problem> {
+    let view = RequestView::new(head.headers, head.uri.query(), body);
     Ok(route.fingerprint.compute(&view)?)
 }

@@ -85,8 +85,8 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let routes = self.gate.routes();
         let facts = Facts::new(routes.clone(), &req);
-        // Each branch's future is made here, where its service's bounds are in scope; a matched
-        // request's is awaited in place, not boxed on its own (one allocation fewer per request).
+        // The pass-through's future is made and boxed here, where its service's bounds are in
+        // scope; a matched request's is made and awaited in place (one allocation fewer).
         let branch = match route(&routes.router, &req) {
             Err(problem) => Branch::Answered(problem),
             Ok(RouteMatch::Unmatched) if routes.router.rejects_unmatched() => Branch::Answered(Problem::NoRoute),
@@ -97,14 +97,16 @@ where
             }
             Ok(RouteMatch::Matched(route)) => {
                 facts.route(&route.name, route.index);
-                Branch::Protected(protect(self.protected.clone(), route, facts.clone(), req))
+                Branch::Protected(self.protected.clone(), route, req)
             }
         };
         Box::pin(async move {
             let answer = match branch {
                 Branch::Answered(problem) => Err(problem),
                 Branch::Passed(answer) => answer.await,
-                Branch::Protected(answer) => answer.await,
+                // Made here, not above: a future moved out of an enum to be awaited takes its
+                // room twice in this one.
+                Branch::Protected(protected, route, req) => protect(protected, route, facts.clone(), req).await,
             };
             let mut response = answer.unwrap_or_else(Problem::into_response);
             response.extensions_mut().insert(facts);
@@ -113,11 +115,11 @@ where
     }
 }
 
-/// Where a request goes, with the future that answers it.
-enum Branch<P> {
+/// Where a request goes.
+enum Branch<P, B> {
     Answered(Problem),
     Passed(Answer),
-    Protected(P),
+    Protected(P, Arc<Route>, Request<B>),
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Problem>> + Send>>;
