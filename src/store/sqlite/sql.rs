@@ -65,11 +65,11 @@ fn sweep(conn: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<usize
     .execute(params![now_ms, now_ms.saturating_sub(ABANDONED_CLAIM_RETENTION_MS), limit as i64])
 }
 
-/// A claim is decided in at most three statements, the common case in one: insert the key
-/// (`DO NOTHING` on a conflict: no statement journal, no `RETURNING` table, as cheap as an insert
-/// gets); else take over a record whose lease or ttl has ended; only if neither happened is the
-/// holder read, to tell replay from in-flight. Each claim runs alone on the writer thread, inside
-/// its batch's transaction, so the three are one decision.
+/// A claim is decided in at most three statements, the two common cases in one or two: insert
+/// the key (`DO NOTHING` on a conflict: no statement journal, no `RETURNING` table, as cheap as
+/// an insert gets); else read the holder, which answers a replay or an in-flight key as it is;
+/// only a holder whose lease or ttl has ended is taken over. Each claim runs alone on the writer
+/// thread, inside its batch's transaction, so the three are one decision.
 ///
 /// `status` means nothing while a record is in flight, so a takeover of an abandoned claim
 /// (one whose lease ended) marks itself there with 0: `RETURNING` sees only the new row, and
@@ -88,24 +88,26 @@ fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
     if inserted == 1 {
         return Ok(ClaimOutcome::Claimed { token: c.token, took_over: false });
     }
-    let taken: Option<Option<i64>> = conn
+    let (expires, holder) = conn
+        .prepare_cached(HOLDER)?
+        .query_row(params![&*c.id.route, c.id.scope, c.id.key], |r| Ok((r.get::<_, i64>(3)?, holder(r)?)))?;
+    if expires > c.now_ms {
+        return Ok(holder);
+    }
+    let status: Option<i64> = conn
         .prepare_cached(
             "UPDATE records SET
                  state = 0, token = ?4, fingerprint = ?5, created_ms = ?6, expires_ms = ?7,
                  status = CASE WHEN state = 0 THEN 0 END,
                  headers = NULL, body = NULL, body_omitted = 0
-             WHERE route = ?1 AND scope = ?2 AND key = ?3 AND expires_ms <= ?6
+             WHERE route = ?1 AND scope = ?2 AND key = ?3
              RETURNING status",
         )?
         .query_row(
             params![&*c.id.route, c.id.scope, c.id.key, c.token as i64, fingerprint, c.now_ms, expires_ms],
             |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(status) = taken {
-        return Ok(ClaimOutcome::Claimed { token: c.token, took_over: status == Some(0) });
-    }
-    conn.prepare_cached(HOLDER)?.query_row(params![&*c.id.route, c.id.scope, c.id.key], holder)
+        )?;
+    Ok(ClaimOutcome::Claimed { token: c.token, took_over: status == Some(0) })
 }
 
 const HOLDER: &str = "SELECT state, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted
