@@ -98,29 +98,42 @@ where
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        if let Some(answer) = self.replay_from_cache(&req) {
-            return Box::pin(std::future::ready(answer));
+        match self.look_in_cache(&req) {
+            FromCache::Answer(answer) => Box::pin(std::future::ready(answer)),
+            FromCache::Miss(identified) => Box::pin(self.clone().run(req, identified)),
         }
-        Box::pin(self.clone().run(req))
     }
+}
+
+/// What the cache says of a request before the stage's future is made.
+enum FromCache {
+    /// A duplicate of a completed key: its replay (or 422).
+    Answer(Result<Response<Body>, Problem>),
+    /// Not in the cache. Its key and fingerprint, when they could be taken here (a sync route,
+    /// a key present and valid), so that `run` does not take them again (a JSON key or
+    /// fingerprint would be parsed twice); otherwise `run` does, errors and all.
+    Miss(Option<(RecordId, Option<Fingerprint>)>),
 }
 
 impl<S> Stage<S> {
     /// A duplicate of a key completed and still in the cache, answered at once: what [`Stage::run`]
     /// would answer, without its future (a kilobyte and a half to allocate and copy) or a clone of
-    /// the stage. Anything else, errors included, takes the whole path.
-    fn replay_from_cache(&self, req: &Request<Bytes>) -> Option<Result<Response<Body>, Problem>> {
-        let route = req.extensions().get::<Arc<Route>>()?;
-        if route.is_async() {
-            return None;
-        }
+    /// the stage.
+    fn look_in_cache(&self, req: &Request<Bytes>) -> FromCache {
+        let Some(route) = req.extensions().get::<Arc<Route>>().filter(|route| !route.is_async()) else {
+            return FromCache::Miss(None);
+        };
         let head = Head::of_request(req);
-        let id = identify(route, head, req.body()).ok()??;
-        let fingerprint = fingerprint(route, head, req.body()).ok()?;
-        let done = self.gate.records.cached(&id, now_ms())?;
+        let (Ok(Some(id)), Ok(fingerprint)) = (identify(route, head, req.body()), fingerprint(route, head, req.body()))
+        else {
+            return FromCache::Miss(None);
+        };
+        let Some(done) = self.gate.records.cached(&id, now_ms()) else {
+            return FromCache::Miss(Some((id, fingerprint)));
+        };
         let facts = req.extensions().get::<Facts>();
         facts.inspect(|f| f.key(&id.key));
-        Some(match completed(done, fingerprint) {
+        FromCache::Answer(match completed(done, fingerprint) {
             Claimed::Replay(done) => {
                 facts.inspect(|f| f.outcome(Outcome::replayed));
                 tracing::debug!(target: crate::telemetry::SPAN_EVENTS, "replay");
@@ -149,22 +162,36 @@ where
     RB: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
     RB::Error: Into<BoxError>,
 {
-    async fn run(self, req: Request<Bytes>) -> Result<Response<Body>, Problem> {
+    /// `identified`: the key and fingerprint [`Stage::look_in_cache`] took, if it could.
+    async fn run(
+        self,
+        req: Request<Bytes>,
+        identified: Option<(RecordId, Option<Fingerprint>)>,
+    ) -> Result<Response<Body>, Problem> {
         let (mut parts, body) = req.into_parts();
         let route = parts.extensions.get::<Arc<Route>>().cloned().ok_or(Problem::Internal("no route".into()))?;
         let facts = parts.extensions.get::<Facts>().cloned();
         let note = |f: &dyn Fn(&Facts)| facts.iter().for_each(f);
-        let Some(id) = identify(&route, Head::of(&parts), &body)? else {
-            note(&|f| f.outcome(Outcome::passthrough));
-            self.gate.routes().strip_forged_keys(&mut parts.headers);
-            let response = self.call_app(Request::from_parts(parts, replay::full(body))).await?;
-            return Ok(replay::stream(response));
+        let (id, fingerprint) = match identified {
+            Some((id, fingerprint)) => {
+                note(&|f| f.key(&id.key));
+                (id, fingerprint)
+            }
+            None => {
+                let Some(id) = identify(&route, Head::of(&parts), &body)? else {
+                    note(&|f| f.outcome(Outcome::passthrough));
+                    self.gate.routes().strip_forged_keys(&mut parts.headers);
+                    let response = self.call_app(Request::from_parts(parts, replay::full(body))).await?;
+                    return Ok(replay::stream(response));
+                };
+                note(&|f| f.key(&id.key));
+                if route.is_async() {
+                    return super::accept::accept(&self.gate, &route, id, parts, body, facts.as_ref()).await;
+                }
+                let fingerprint = fingerprint(&route, Head::of(&parts), &body)?;
+                (id, fingerprint)
+            }
         };
-        note(&|f| f.key(&id.key));
-        if route.is_async() {
-            return super::accept::accept(&self.gate, &route, id, parts, body, facts.as_ref()).await;
-        }
-        let fingerprint = fingerprint(&route, Head::of(&parts), &body)?;
         let deadline = Instant::now() + route.policy.wait_timeout.0;
         let mut backoff = Backoff::default();
         loop {
