@@ -147,9 +147,6 @@ impl Admin {
             return Err(Problem::NotFound(format!("route {:?} is not an async route", route.name)));
         }
         let backend = self.gate.records.backend();
-        let is_dead = |event: Option<crate::store::queue::QueuedEvent>| {
-            event.is_some_and(|e| e.state == crate::store::queue::EventState::Dead)
-        };
         match (method, retry) {
             (&Method::POST, true) => {
                 if !backend.retry_dead(id.clone(), crate::store::now_ms()).await? {
@@ -163,13 +160,13 @@ impl Admin {
                 Ok(empty(StatusCode::ACCEPTED))
             }
             (&Method::DELETE, false) => {
-                if !is_dead(backend.event(id.clone()).await?) {
+                // One statement: a dead letter retried a moment ago is queued again, not forgotten.
+                if !backend.forget_dead(id.clone()).await? {
                     return Err(Problem::NotFound(format!(
                         "no dead letter for key {:?} on route {:?}",
                         id.key, route.name
                     )));
                 }
-                backend.forget_event(id.clone()).await?;
                 tracing::info!(route = %id.route, key = %id.key, "dead letter forgotten by an operator");
                 Ok(empty(StatusCode::NO_CONTENT))
             }

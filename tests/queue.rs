@@ -427,6 +427,12 @@ async fn dead_letters_are_listed_retried_and_forgotten(b: &Backend) {
     assert_eq!(taken.iter().map(|e| (e.id.key.as_str(), e.attempts)).collect::<Vec<_>>(), [("d2", 1)]);
 
     let d3 = id(route, "d3");
+    assert!(!b.store.forget_dead(d2.clone()).await.unwrap(), "{}: retried, no longer a dead letter", b.name);
+    assert!(b.event(&d2).await.is_some(), "{}: forget_dead left the retried event", b.name);
+    let d1 = id(route, "d1");
+    assert!(b.store.forget_dead(d1.clone()).await.unwrap(), "{}", b.name);
+    assert_eq!(b.event(&d1).await, None, "{}", b.name);
+    assert!(!b.store.forget_dead(d1.clone()).await.unwrap(), "{}: nothing left to forget", b.name);
     assert!(b.store.forget_event(d3.clone()).await.unwrap(), "{}", b.name);
     assert_eq!(b.event(&d3).await, None, "{}", b.name);
     assert!(!b.store.forget_event(d3.clone()).await.unwrap(), "{}: nothing left to forget", b.name);

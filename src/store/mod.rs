@@ -142,6 +142,11 @@ pub trait Store: Send + Sync + 'static {
     fn forget_event(&self, _id: RecordId) -> StoreFuture<bool> {
         unsupported()
     }
+    /// Forgets an event and its key only if it is a dead letter, in one statement: a retry that
+    /// queued it again a moment before is not undone. False if the key is not a dead letter.
+    fn forget_dead(&self, _id: RecordId) -> StoreFuture<bool> {
+        unsupported()
+    }
     fn queue_stats(&self, _route: &str) -> StoreFuture<queue::QueueStats> {
         unsupported()
     }

@@ -250,13 +250,14 @@ pub(super) async fn retry_dead(db: &Db<'_>, id: &RecordId, now_ms: i64) -> Resul
 }
 
 const FORGET: Sql = Sql {
-    text: "DELETE FROM idemgate_events WHERE route = $1 AND scope = $2 AND key = $3",
-    types: &[Type::TEXT, Type::TEXT, Type::TEXT],
+    text: "DELETE FROM idemgate_events WHERE route = $1 AND scope = $2 AND key = $3 AND (NOT $4 OR state = 3)",
+    types: &[Type::TEXT, Type::TEXT, Type::TEXT, Type::BOOL],
 };
 
-pub(super) async fn forget(db: &Db<'_>, id: &RecordId) -> Result<bool, Failure> {
+/// Forgets an event, whatever its state, or only a dead letter (state 3) when `only_dead`.
+pub(super) async fn forget(db: &Db<'_>, id: &RecordId, only_dead: bool) -> Result<bool, Failure> {
     let route: &str = &id.route;
-    Ok(db.execute(&FORGET, &[&route, &id.scope, &id.key]).await? > 0)
+    Ok(db.execute(&FORGET, &[&route, &id.scope, &id.key, &only_dead]).await? > 0)
 }
 
 /// On the `waiting` and `dead` indexes: a route's completed events, the bulk of a busy route, are

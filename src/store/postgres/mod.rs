@@ -293,7 +293,10 @@ impl Store for PostgresStore {
         self.call(move |db| Box::pin(async move { events::retry_dead(&db, &id, now_ms).await }))
     }
     fn forget_event(&self, id: RecordId) -> StoreFuture<bool> {
-        self.call(move |db| Box::pin(async move { events::forget(&db, &id).await }))
+        self.call(move |db| Box::pin(async move { events::forget(&db, &id, false).await }))
+    }
+    fn forget_dead(&self, id: RecordId) -> StoreFuture<bool> {
+        self.call(move |db| Box::pin(async move { events::forget(&db, &id, true).await }))
     }
     fn queue_stats(&self, route: &str) -> StoreFuture<QueueStats> {
         let route = route.to_string();

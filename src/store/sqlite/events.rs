@@ -162,10 +162,11 @@ pub(super) fn retry_dead(conn: &Connection, id: &RecordId, now_ms: i64) -> rusql
     Ok(changed == 1)
 }
 
-pub(super) fn forget(conn: &Connection, id: &RecordId) -> rusqlite::Result<bool> {
+/// Forgets an event, whatever its state, or only a dead letter (state 3) when `only_dead`.
+pub(super) fn forget(conn: &Connection, id: &RecordId, only_dead: bool) -> rusqlite::Result<bool> {
     let deleted = conn
-        .prepare_cached("DELETE FROM events WHERE route = ?1 AND scope = ?2 AND key = ?3")?
-        .execute(params![&*id.route, id.scope, id.key])?;
+        .prepare_cached("DELETE FROM events WHERE route = ?1 AND scope = ?2 AND key = ?3 AND (?4 = 0 OR state = 3)")?
+        .execute(params![&*id.route, id.scope, id.key, only_dead])?;
     Ok(deleted > 0)
 }
 

@@ -76,7 +76,8 @@ enum Op {
     Event(RecordId),
     DeadLetters(String, usize),
     RetryDead(RecordId, i64),
-    ForgetEvent(RecordId),
+    /// Only a dead letter when `.1`.
+    ForgetEvent(RecordId, bool),
     QueueStats(String),
     Ping,
     /// Stop taking jobs; those already queued still run.
@@ -309,7 +310,10 @@ impl Store for SqliteStore {
         expect_outcome!(self.submit(Op::RetryDead(id, now_ms)), Flag)
     }
     fn forget_event(&self, id: RecordId) -> StoreFuture<bool> {
-        expect_outcome!(self.submit(Op::ForgetEvent(id)), Flag)
+        expect_outcome!(self.submit(Op::ForgetEvent(id, false)), Flag)
+    }
+    fn forget_dead(&self, id: RecordId) -> StoreFuture<bool> {
+        expect_outcome!(self.submit(Op::ForgetEvent(id, true)), Flag)
     }
     fn queue_stats(&self, route: &str) -> StoreFuture<QueueStats> {
         expect_outcome!(self.submit(Op::QueueStats(route.to_string())), QueueStats)

@@ -36,7 +36,7 @@ pub(super) fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
         Op::Event(id) => Outcome::Event(events::event(conn, id)?.map(Box::new)),
         Op::DeadLetters(route, limit) => Outcome::Events(events::dead_letters(conn, route, *limit)?),
         Op::RetryDead(id, now_ms) => Outcome::Flag(events::retry_dead(conn, id, *now_ms)?),
-        Op::ForgetEvent(id) => Outcome::Flag(events::forget(conn, id)?),
+        Op::ForgetEvent(id, only_dead) => Outcome::Flag(events::forget(conn, id, *only_dead)?),
         Op::QueueStats(route) => Outcome::QueueStats(events::stats(conn, route)?),
         Op::Close => Outcome::Unit,
         Op::Ping => {
