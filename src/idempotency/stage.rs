@@ -124,10 +124,8 @@ impl<S> Stage<S> {
             return FromCache::Miss(None);
         };
         let head = Head::of_request(req);
-        let (Ok(Some(id)), Ok(fingerprint)) = (identify(route, head, req.body()), fingerprint(route, head, req.body()))
-        else {
-            return FromCache::Miss(None);
-        };
+        let Ok(Some(id)) = identify(route, head, req.body()) else { return FromCache::Miss(None) };
+        let Ok(fingerprint) = fingerprint(route, head, req.body()) else { return FromCache::Miss(None) };
         let Some(done) = self.gate.records.cached(&id, now_ms()) else {
             return FromCache::Miss(Some((id, fingerprint)));
         };
