@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Two or more idemgate binaries, and the ceiling, in alternating runs of one mode: the most direct
+# way to see what a change is worth on a shared machine, where separate bench/compare.sh runs
+# drift by 0.05x between hours.
+#
+#   bench/ab.sh MODE ROUNDS BINARY...    e.g. bench/ab.sh dup 3 /tmp/idemgate-before target/release/idemgate
+#
+# Each round starts the ceiling, then each binary in turn, each on a fresh database with the
+# default bench config (JSON request logs at info, metrics on, SQLite), warms the hot keys, and
+# runs wrk -t2 -c32 for DURATION (default 4s) in MODE (new | dup | mix). Prints one line per run:
+# RESULT target=... rps=... cpu_us=... (the process's CPU per request).
+# Env: DURATION, BENCH_DIR, PORT_BASE (default 47000). Needs the binaries bench/compare.sh builds.
+set -Eeuo pipefail
+trap 'echo "[ab] failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODE="${1:-}"
+ROUNDS="${2:-}"
+shift 2 || true
+DURATION="${DURATION:-4s}"
+PORT_BASE="${PORT_BASE:-47000}"
+UP_BIN="$ROOT/target/release/examples/bench_upstream"
+CEIL_BIN="$ROOT/bench/ceiling/target/release/idemgate-ceiling"
+LUA="$ROOT/bench/wrk/webhook.lua"
+UP_ADDR="127.0.0.1:$PORT_BASE"
+TGT_ADDR="127.0.0.1:$((PORT_BASE + 81))"
+ADMIN_ADDR="127.0.0.1:$((PORT_BASE + 1091))"
+
+log() { printf '[ab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+[[ "$MODE" =~ ^(new|dup|mix)$ ]] || die "usage: bench/ab.sh new|dup|mix ROUNDS BINARY..."
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+(($# > 0)) || die "name at least one idemgate binary"
+for b in "$UP_BIN" "$CEIL_BIN" "$@"; do [[ -x "$b" ]] || die "missing $b (run bench/compare.sh once, or build it)"; done
+
+WORKDIR="${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/idemgate-ab.XXXXXX")}"
+mkdir -p "$WORKDIR/db"
+PIDS=()
+NAMES=()
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+cleanup() {
+    local rc=$? i
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]}" "${NAMES[$i]}"; done
+    rm -rf "$WORKDIR/db"
+    log "work dir: $WORKDIR"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+for a in "$UP_ADDR" "$TGT_ADDR" "$ADMIN_ADDR"; do
+    if port_in_use "$a"; then die "$a is already in use (set PORT_BASE)"; fi
+done
+while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
+unset RUST_LOG
+
+cat >"$WORKDIR/idemgate.yaml" <<EOF
+listen: $TGT_ADDR
+log: { format: json, level: info }
+admin: { listen: $ADMIN_ADDR }
+upstream: { url: http://$UP_ADDR }
+store: { sqlite: { path: $WORKDIR/db/idemgate.db } }
+routes:
+  - name: bench
+    match: { path_prefix: /webhooks/ }
+    key: { header: Idempotency-Key }
+EOF
+
+start_bg upstream "$UP_BIN" "$UP_ADDR"
+wait_http upstream "$LAST_PID" "http://$UP_ADDR/healthz"
+
+run() { # name cmd...
+    local name=$1 pid before after res n
+    shift
+    rm -rf "${WORKDIR:?}/db/"*
+    start_bg "$name" "$@"
+    pid=$LAST_PID
+    wait_http "$name" "$pid" "http://$TGT_ADDR/healthz"
+    timeout 20 wrk -t1 -c1 -d1s -s "$LUA" "http://$TGT_ADDR" -- warm hot=hot run=warm >/dev/null 2>&1 || true
+    before=$(cpu_ticks "$pid")
+    res=$(timeout 60 wrk -t2 -c32 -d"$DURATION" -s "$LUA" "http://$TGT_ADDR" -- "$MODE" hot=hot run="ab$$-$RANDOM" 2>&1 | grep '^RESULT' || true)
+    after=$(cpu_ticks "$pid")
+    stop_pid "$pid" "$name"
+    forget_pid "$pid"
+    [[ -n "$res" ]] || die "$name: no wrk result (log: $WORKDIR/$name.log)"
+    n=$(field "$res" requests)
+    echo "RESULT target=$name rps=$(field "$res" rps) cpu_us=$(awk -v t=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')"
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+    log "round $r/$ROUNDS, $MODE"
+    run ceiling "$CEIL_BIN" "$TGT_ADDR" "$UP_ADDR" "$WORKDIR/db/ceiling.db"
+    i=0
+    for bin in "$@"; do
+        i=$((i + 1))
+        run "idemgate$i" "$bin" serve --config "$WORKDIR/idemgate.yaml"
+    done
+done
