@@ -194,7 +194,7 @@ where
         Ok(fingerprint) => fingerprint,
         Err(problem) => return (refused(Would::rejected, problem), key),
     };
-    let verdict = match stage.claim(route, &id, fingerprint).await {
+    let verdict = match stage.claim(route, &id, fingerprint, true).await {
         Ok(Claimed::Owned(lease)) => {
             Verdict::Owned(Box::new(Exchange { route: route.clone(), lease: *lease, fingerprint, forward_key: false }))
         }

@@ -132,11 +132,7 @@ impl<S> Stage<S> {
         let facts = req.extensions().get::<Facts>();
         facts.inspect(|f| f.key(&id.key));
         FromCache::Answer(match completed(done, fingerprint) {
-            Claimed::Replay(done) => {
-                facts.inspect(|f| f.outcome(Outcome::replayed));
-                tracing::debug!(target: crate::telemetry::SPAN_EVENTS, "replay");
-                Ok(replay::replay(&done.response))
-            }
+            Claimed::Replay(done) => Ok(replayed(facts, &done)),
             _ => Err(Problem::Mismatch),
         })
     }
@@ -170,6 +166,9 @@ where
         let route = parts.extensions.get::<Arc<Route>>().cloned().ok_or(Problem::Internal("no route".into()))?;
         let facts = parts.extensions.get::<Facts>().cloned();
         let note = |f: &dyn Fn(&Facts)| facts.iter().for_each(f);
+        // A key `look_in_cache` identified has just missed the cache: its first claim goes
+        // straight to the store. After a wait, the key may have completed: the cache first.
+        let mut cache_first = identified.is_none();
         let (id, fingerprint) = match identified {
             Some((id, fingerprint)) => {
                 note(&|f| f.key(&id.key));
@@ -195,13 +194,11 @@ where
         loop {
             // Subscribed before the claim, so a wake between the claim and the wait is not lost.
             let waiting = (route.policy.concurrent == Concurrent::Wait).then(|| self.gate.waiters.subscribe(&id));
-            let claimed = self.claim(&route, &id, fingerprint).instrument(tracing::debug_span!("claim")).await?;
+            let claimed =
+                self.claim(&route, &id, fingerprint, cache_first).instrument(tracing::debug_span!("claim")).await?;
+            cache_first = true;
             match claimed {
-                Claimed::Replay(done) => {
-                    note(&|f| f.outcome(Outcome::replayed));
-                    tracing::debug!(target: crate::telemetry::SPAN_EVENTS, "replay");
-                    return Ok(replay::replay(&done.response));
-                }
+                Claimed::Replay(done) => return Ok(replayed(facts.as_ref(), &done)),
                 Claimed::Mismatch => return Err(Problem::Mismatch),
                 Claimed::InFlight { expires_ms } => {
                     let Some(waiting) = waiting else {
@@ -224,15 +221,16 @@ where
         }
     }
 
-    /// Stage `claim`: the cache, then the store; the pure [`decide`] turns what was found into
-    /// what to do, and an owned key becomes a [`Lease`].
+    /// Stage `claim`: the cache (unless the caller has just looked), then the store; the pure
+    /// [`decide`] turns what was found into what to do, and an owned key becomes a [`Lease`].
     pub(super) async fn claim(
         &self,
         route: &Arc<Route>,
         id: &RecordId,
         fingerprint: Option<Fingerprint>,
+        cache_first: bool,
     ) -> Result<Claimed, Problem> {
-        if let Some(done) = self.gate.records.cached(id, now_ms()) {
+        if let Some(done) = cache_first.then(|| self.gate.records.cached(id, now_ms())).flatten() {
             return Ok(completed(done, fingerprint));
         }
         // Detached: a sender that hangs up while the store records the claim drops this
@@ -527,6 +525,13 @@ fn completed(done: Arc<Completed>, fingerprint: Option<Fingerprint>) -> Claimed 
         Decision::Replay(done) => Claimed::Replay(done),
         _ => Claimed::Mismatch,
     }
+}
+
+/// A duplicate's answer: its stored response, counted as a replay.
+fn replayed(facts: Option<&Facts>, done: &Completed) -> Response<Body> {
+    facts.inspect(|f| f.outcome(Outcome::replayed));
+    tracing::debug!(target: crate::telemetry::SPAN_EVENTS, "replay");
+    replay::replay(&done.response)
 }
 
 fn panicked(what: &str) -> Problem {
