@@ -9,7 +9,8 @@
 # default bench config (JSON request logs at info, metrics on, SQLite), warms the hot keys, and
 # runs wrk -t2 -c32 for DURATION (default 4s) in MODE (new | dup | mix). Prints one line per run:
 # RESULT target=... rps=... cpu_us=... (the process's CPU per request).
-# Env: DURATION, BENCH_DIR, PORT_BASE (default 47000). Needs the binaries bench/compare.sh builds.
+# Env: DURATION, BENCH_DIR, PORT_BASE (default 27000: below the ephemeral port range, which an
+# outgoing connection may hold a port of). Needs the binaries bench/compare.sh builds.
 set -Eeuo pipefail
 trap 'echo "[ab] failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
@@ -18,7 +19,7 @@ MODE="${1:-}"
 ROUNDS="${2:-}"
 shift 2 || true
 DURATION="${DURATION:-4s}"
-PORT_BASE="${PORT_BASE:-47000}"
+PORT_BASE="${PORT_BASE:-27000}"
 UP_BIN="$ROOT/target/release/examples/bench_upstream"
 CEIL_BIN="$ROOT/bench/ceiling/target/release/idemgate-ceiling"
 LUA="$ROOT/bench/wrk/webhook.lua"
@@ -42,22 +43,14 @@ PIDS=()
 NAMES=()
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]}" "${NAMES[$i]}"; done
+scratch_cleanup() {
     rm -rf "$WORKDIR/db"
-    log "work dir: $WORKDIR"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_on_exit
 for a in "$UP_ADDR" "$TGT_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (set PORT_BASE)"; fi
 done
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
-unset RUST_LOG
+clear_idemgate_env
 
 cat >"$WORKDIR/idemgate.yaml" <<EOF
 listen: $TGT_ADDR

@@ -107,17 +107,11 @@ PIDS=()
 NAMES=()
 IDG_PID=""
 
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]}" "${NAMES[$i]}"; done
+WORK_DIR_NOTE="results.tsv, memory.tsv, summary.txt, logs, configs"
+scratch_cleanup() {
     [[ "$KEEP_DB" == "1" ]] || rm -rf "$WORKDIR/db"
-    log "work dir (results.tsv, memory.tsv, summary.txt, logs, configs): $WORKDIR"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_on_exit
 
 stop_one() { # pid name
     stop_pid "$1" "$2"
@@ -127,8 +121,7 @@ stop_one() { # pid name
 for a in "$UP_ADDR" "$SILENT_ADDR" "$IDG_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (a previous run still alive? set PORT_BASE)"; fi
 done
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
-unset RUST_LOG
+clear_idemgate_env
 
 # ------------------------------------------------------------------------- idemgate
 # The config sits in a folder of its own (idemgate watches it); database and log elsewhere.

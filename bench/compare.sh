@@ -105,17 +105,11 @@ PIDS=()
 NAMES=()
 UP_PID="" NGX_PID="" IDG_PID="" CEIL_PID=""
 
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]}" "${NAMES[$i]}"; done
+WORK_DIR_NOTE="results.tsv, summary.txt, logs, configs"
+scratch_cleanup() {
     [[ "$KEEP_DB" == "1" ]] || rm -rf "$WORKDIR/db"
-    log "work dir (results.tsv, summary.txt, logs, configs): $WORKDIR"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_on_exit
 
 
 for a in "$UP_ADDR" "$NGX_ADDR" "$IDG_ADDR" "$CEIL_ADDR" "$ADMIN_ADDR"; do
@@ -131,8 +125,7 @@ wait_http upstream "$UP_PID" "http://$UP_ADDR/healthz"
 
 # idemgate's config sits in a folder of its own: its config watcher watches that folder, and the
 # database and the request log (info: one line per request) are written elsewhere.
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
-unset RUST_LOG
+clear_idemgate_env
 start_idemgate() { # name db
     local name=$1 db=$2 cfg="$WORKDIR/config/$1.yaml"
     cat >"$cfg" <<EOF

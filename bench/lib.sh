@@ -126,3 +126,28 @@ forget_pid() { # pid: drop from the cleanup list (PIDS, NAMES) once stopped
     PIDS=("${PIDS[@]}")
     NAMES=("${NAMES[@]}")
 }
+
+# The exit path of every script. On EXIT (INT and TERM exit with 130 and 143 first): stop what
+# the script started, newest first; then run its `scratch_cleanup`, if it defines one (its
+# databases); then say where the work dir is, and what it holds if WORK_DIR_NOTE says.
+cleanup_on_exit() {
+    trap stop_everything EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+stop_everything() {
+    local rc=$? i
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]}" "${NAMES[$i]}"; done
+    if declare -F scratch_cleanup >/dev/null; then scratch_cleanup; fi
+    log "work dir${WORK_DIR_NOTE:+ ($WORK_DIR_NOTE)}: $WORKDIR"
+    exit "$rc"
+}
+
+# The processes a script starts see no IDEMGATE_* override and no RUST_LOG from the caller.
+clear_idemgate_env() {
+    local v
+    while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
+    unset RUST_LOG
+}

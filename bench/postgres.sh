@@ -64,22 +64,14 @@ PIDS=()
 NAMES=()
 DB_MADE=0
 
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}" "${NAMES[$i]}"
-    done
+WORK_DIR_NOTE="logs, configs, pgbench script"
+scratch_cleanup() {
     if [[ "$DB_MADE" == "1" ]]; then
         psql -X -q -d "$ADMIN_DB" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 ||
             log "WARNING: could not drop the scratch database $DB"
     fi
-    log "work dir (logs, configs, pgbench script): $WORKDIR"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_on_exit
 
 for a in "$UP_ADDR" "$IDG_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (a previous run still alive?)"; fi
@@ -165,8 +157,7 @@ routes:
     match: { path_prefix: /webhooks/ }
     key: { header: Idempotency-Key }
 EOF
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
-unset RUST_LOG
+clear_idemgate_env
 log "starting idemgate on $IDG_ADDR (store.postgres: url .../$DB${IDEMGATE_PG_OPTS:+, $IDEMGATE_PG_OPTS})"
 start_bg idemgate "$IDG_BIN" serve --config "$WORKDIR/idemgate.yaml"
 IDG_PID=$LAST_PID

@@ -43,22 +43,14 @@ WORKDIR="${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/idemgate-profile.XXXXXX")}"
 mkdir -p "$WORKDIR/config" "$WORKDIR/db"
 PIDS=()
 NAMES=()
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[$i]}" "${NAMES[$i]}"; done
+scratch_cleanup() {
     rm -rf "$WORKDIR/db"
-    log "work dir: $WORKDIR"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_on_exit
 for a in "$UP_ADDR" "$TGT_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (set PORT_BASE)"; fi
 done
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
-unset RUST_LOG
+clear_idemgate_env
 
 start_bg upstream "$UP_BIN" "$UP_ADDR"
 UP_PID=$LAST_PID
@@ -138,7 +130,7 @@ EOF
     echo "== $t ($MODE): self time by stage"
     cat "$WORKDIR/stages-$t.txt"
     echo "== $t: top 15 symbols (self)"
-    grep -E '^ *[0-9.]+%' "$WORKDIR/report-$t-self.txt" | head -n 15
+    grep -E '^ *[0-9.]+%' "$WORKDIR/report-$t-self.txt" | sed -n '1,15p'
     stop_pid "$PID" "$t"
     PIDS=("${PIDS[@]:0:${#PIDS[@]}-1}")
     NAMES=("${NAMES[@]:0:${#NAMES[@]}-1}")

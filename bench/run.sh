@@ -90,21 +90,13 @@ NGX_PID=""
 IDG_PID=""
 
 
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}" "${NAMES[$i]}"
-    done
+WORK_DIR_NOTE="results.tsv, logs, configs"
+scratch_cleanup() {
     if [[ "$KEEP_DB" != "1" ]]; then
         rm -f "$WORKDIR"/idemgate.db "$WORKDIR"/idemgate.db-*
     fi
-    log "work dir (results.tsv, logs, configs): $WORKDIR"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_on_exit
 
 
 for a in "$UP_ADDR" "$NGX_ADDR" "$IDG_ADDR" "$ADMIN_ADDR"; do
@@ -145,8 +137,7 @@ routes:
     key: { header: Idempotency-Key }
 EOF
 # The config file alone decides: no IDEMGATE_* overrides or RUST_LOG from the caller.
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
-unset RUST_LOG
+clear_idemgate_env
 log "starting idemgate on $IDG_ADDR (admin $ADMIN_ADDR)"
 start_bg idemgate "$IDG_BIN" serve --config "$IDG_CFG"
 IDG_PID=$LAST_PID

@@ -101,21 +101,13 @@ UP_PID=""
 IDG_PID=""
 
 
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}" "${NAMES[$i]}"
-    done
+WORK_DIR_NOTE="logs, configs, wrk outputs, summary.txt"
+scratch_cleanup() {
     if [[ "$KEEP_DB" != "1" ]]; then
         rm -f "$WORKDIR"/*.db "$WORKDIR"/*.db-wal "$WORKDIR"/*.db-shm
     fi
-    log "work dir (logs, configs, wrk outputs, summary.txt): $WORKDIR"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_on_exit
 
 for a in "$UP_ADDR" "$IDG_ADDR" "$ADMIN_ADDR"; do
     if port_in_use "$a"; then die "$a is already in use (a previous run still alive? set PORT_BASE)"; fi
@@ -190,8 +182,7 @@ build_db() { # label path n expired
 }
 
 # ------------------------------------------------------------------------- idemgate
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
-unset RUST_LOG
+clear_idemgate_env
 
 start_idemgate() { # name db ; sets IDG_PID, IDG_T0 (ms, at launch)
     local name=$1 db=$2 cfg="$WORKDIR/$1.yaml"
