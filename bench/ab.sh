@@ -9,7 +9,9 @@
 # default bench config (JSON request logs at info, metrics on, SQLite), warms the hot keys, and
 # runs wrk -t2 -c32 for DURATION (default 4s) in MODE (new | dup | mix). Prints one line per run:
 # RESULT target=... rps=... cpu_us=... (the process's CPU per request).
-# Env: DURATION, BENCH_DIR, PORT_BASE (default 27000: below the ephemeral port range, which an
+# With PERF_STAT=1 each line also gives the process's system calls and context switches per request
+# (`perf stat` software events): counts, so far steadier than rps on a shared VM.
+# Env: DURATION, BENCH_DIR, PERF_STAT, PORT_BASE (default 27000: below the ephemeral port range, which an
 # outgoing connection may hold a port of). Needs the binaries bench/compare.sh builds.
 set -Eeuo pipefail
 trap 'echo "[ab] failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -68,21 +70,33 @@ start_bg upstream "$UP_BIN" "$UP_ADDR"
 wait_http upstream "$LAST_PID" "http://$UP_ADDR/healthz"
 
 run() { # name cmd...
-    local name=$1 pid before after res n
+    local name=$1 pid before after res n perf_pid="" counts=""
     shift
     rm -rf "${WORKDIR:?}/db/"*
     start_bg "$name" "$@"
     pid=$LAST_PID
     wait_http "$name" "$pid" "http://$TGT_ADDR/healthz"
     timeout 20 wrk -t1 -c1 -d1s -s "$LUA" "http://$TGT_ADDR" -- warm hot=hot run=warm >/dev/null 2>&1 || true
+    if [[ "${PERF_STAT:-0}" == 1 ]]; then
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$WORKDIR/$name.perf" &
+        perf_pid=$!
+    fi
     before=$(cpu_ticks "$pid")
     res=$(timeout 60 wrk -t2 -c32 -d"$DURATION" -s "$LUA" "http://$TGT_ADDR" -- "$MODE" hot=hot run="ab$$-$RANDOM" 2>&1 | grep '^RESULT' || true)
     after=$(cpu_ticks "$pid")
+    if [[ -n "$perf_pid" ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+    fi
     stop_pid "$pid" "$name"
     forget_pid "$pid"
     [[ -n "$res" ]] || die "$name: no wrk result (log: $WORKDIR/$name.log)"
     n=$(field "$res" requests)
-    echo "RESULT target=$name rps=$(field "$res" rps) cpu_us=$(awk -v t=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')"
+    if [[ -n "$perf_pid" ]]; then
+        counts=$(awk -F, -v n="$n" '$3 ~ /sys_enter/ { s = $1 } $3 ~ /context-switches/ { c = $1 }
+            END { printf " syscalls_per_req=%.2f switches_per_req=%.2f", s / n, c / n }' "$WORKDIR/$name.perf")
+    fi
+    echo "RESULT target=$name rps=$(field "$res" rps) cpu_us=$(awk -v t=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')$counts"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do

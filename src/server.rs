@@ -13,11 +13,14 @@ use crate::reload::Reloader;
 use crate::stack;
 use crate::store::spawn_sweeper;
 use crate::upstream::{AppClient, ClientAddr};
+use head_timeout::{HeadClock, Watched};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+
+mod head_timeout;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
@@ -114,8 +117,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         header_read_timeout: config.server.header_read_timeout.0,
     };
-    let proxy_loop = accept_loop(proxy_listener, limits.clone(), stopped.clone(), move |peer| {
-        let connection = ConnectionService::new(proxy.clone(), peer);
+    let proxy_loop = accept_loop(proxy_listener, limits.clone(), stopped.clone(), move |peer, clock| {
+        let connection = ConnectionService::new(proxy.clone(), peer, clock);
         move |req| connection.call(req)
     });
     let admin_loop = {
@@ -180,15 +183,17 @@ struct Limits {
 struct ConnectionService {
     proxy: std::sync::Mutex<stack::Proxy>,
     peer: SocketAddr,
+    clock: Arc<HeadClock>,
 }
 
 impl ConnectionService {
-    fn new(proxy: stack::Proxy, peer: SocketAddr) -> ConnectionService {
-        ConnectionService { proxy: std::sync::Mutex::new(proxy), peer }
+    fn new(proxy: stack::Proxy, peer: SocketAddr, clock: Arc<HeadClock>) -> ConnectionService {
+        ConnectionService { proxy: std::sync::Mutex::new(proxy), peer, clock }
     }
 
     fn call(&self, mut req: Request<Incoming>) -> impl Future<Output = Response<stack::ResponseBody>> + Send + use<> {
         use tower::Service;
+        self.clock.serving();
         req.extensions_mut().insert(ClientAddr(self.peer));
         let call = {
             let mut proxy = self.proxy.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,11 +203,14 @@ impl ConnectionService {
                 _ => Box::pin(proxy.clone().oneshot(req)),
             }
         };
+        let clock = self.clock.clone();
         async move {
-            match call.await {
+            let response = match call.await {
                 Ok(response) => response,
                 Err(never) => match never {},
-            }
+            };
+            clock.answered();
+            response
         }
     }
 }
@@ -214,7 +222,7 @@ async fn accept_loop<F, H, Fut>(
     per_connection: F,
 ) -> GracefulShutdown
 where
-    F: Fn(SocketAddr) -> H,
+    F: Fn(SocketAddr, Arc<HeadClock>) -> H,
     H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<stack::ResponseBody>> + Send + 'static,
 {
@@ -238,22 +246,30 @@ where
             _ = stop_requested(&mut stopped) => return graceful,
         };
         let _ = stream.set_nodelay(true);
-        let handler = per_connection(peer);
+        let clock = HeadClock::start();
+        let handler = per_connection(peer, clock.clone());
         let service = service_fn(move |req| {
             let answer = handler(req);
             async move { Ok::<_, Infallible>(answer.await) }
         });
         let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            // Kept by `head_timeout` instead: hyper's costs a timer per request.
+            .header_read_timeout(None)
             // The request head must fit in this; a larger one gets 431.
             .max_header_size(MAX_HEAD_BYTES)
             .max_buf_size(PROXY_BUF_BYTES)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(Watched::new(TokioIo::new(stream), clock.clone()), service);
         let conn = graceful.watch(conn);
+        let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tokio::select! {
+                biased;
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                },
+                () = head_timeout::head_late(&clock, timeout) => {
+                    tracing::debug!(%peer, "no request head within server.header_read_timeout; connection closed");
+                }
             }
             drop(permit);
         });

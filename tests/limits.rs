@@ -140,6 +140,49 @@ async fn slow_request_heads_are_dropped_after_header_read_timeout() {
     assert_eq!(app.total(), 0);
 }
 
+/// The timeout runs only while a head is awaited: an app slower than it is waited for, and the
+/// connection then carries the next request.
+#[tokio::test]
+async fn a_slow_answer_does_not_count_against_header_read_timeout() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &format!("server: {{ header_read_timeout: 200ms }}\n{HEADER_ROUTE}")).await;
+    let mut stream = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    for key in ["slow-1", "slow-2"] {
+        let request = format!(
+            "POST /hooks/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: {key}\r\nx-test-delay-ms: 700\r\n\
+             Content-Length: 2\r\n\r\n{{}}"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(app.total(), 2);
+}
+
+/// After an answer, the next head is awaited for the timeout and no longer: an idle keep-alive
+/// connection is closed, and so is one trickling its second head.
+#[tokio::test]
+async fn kept_alive_connections_are_closed_when_the_next_head_is_late() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, &format!("server: {{ header_read_timeout: 300ms }}\n{HEADER_ROUTE}")).await;
+    for trickle in [false, true] {
+        let mut stream = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+        stream.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+        let answered = std::time::Instant::now();
+        if trickle {
+            stream.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        }
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the connection was not closed (trickle: {trickle})");
+        // Not closed early: the answer was written before it was read, so allow for that gap.
+        assert!(answered.elapsed() >= Duration::from_millis(200), "closed after {:?}", answered.elapsed());
+        assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "no second answer");
+    }
+    assert_eq!(app.total(), 2);
+}
+
 /// A client that sends its head and then trickles (or withholds) its body gets 408 once
 /// `server.body_read_timeout` has passed; nothing is claimed and the app sees nothing.
 #[tokio::test]
@@ -179,6 +222,28 @@ async fn connections_over_max_connections_wait_for_a_free_slot() {
     assert!(early.is_err(), "the second connection must not be served while the first holds the slot");
     drop(first);
     assert!(read_some(&mut second).await.starts_with("HTTP/1.1 200"));
+}
+
+/// One whole answer with a `Content-Length` body, read off a connection that stays open.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await.expect("answer").unwrap();
+        assert!(n > 0, "closed before a whole answer: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 async fn read_some(stream: &mut TcpStream) -> String {

@@ -727,6 +727,9 @@ impl Config {
         if self.server.body_read_timeout.0.is_zero() {
             return Err(invalid("server.body_read_timeout", "must be longer than 0s"));
         }
+        if self.server.header_read_timeout.0.is_zero() {
+            return Err(invalid("server.header_read_timeout", "must be longer than 0s"));
+        }
         if self.admin.token.as_deref() == Some("") {
             return Err(invalid("admin.token", "must not be empty (omit it to disable)"));
         }

@@ -51,6 +51,15 @@ fn every_section_has_the_contract_defaults() {
 }
 
 #[test]
+fn zero_read_timeouts_are_refused_by_name() {
+    for field in ["header_read_timeout", "body_read_timeout"] {
+        let yaml = format!("upstream: {{ url: http://x:1 }}\nserver: {{ {field}: 0s }}\n");
+        let err = parse(&yaml).unwrap_err().0;
+        assert!(err.starts_with(&format!("server.{field}")), "{err}");
+    }
+}
+
+#[test]
 fn route_names_must_be_unique_and_plain() {
     let dup = "upstream: { url: http://x:1 }
 routes:
