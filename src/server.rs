@@ -13,7 +13,7 @@ use crate::reload::Reloader;
 use crate::stack;
 use crate::store::spawn_sweeper;
 use crate::upstream::{AppClient, ClientAddr};
-use head_timeout::{HeadClock, Watched};
+use head_timeout::{AnswerBody, HeadClock, Watched};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -191,7 +191,10 @@ impl ConnectionService {
         ConnectionService { proxy: std::sync::Mutex::new(proxy), peer, clock }
     }
 
-    fn call(&self, mut req: Request<Incoming>) -> impl Future<Output = Response<stack::ResponseBody>> + Send + use<> {
+    fn call(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> impl Future<Output = Response<AnswerBody<stack::ResponseBody>>> + Send + use<> {
         use tower::Service;
         self.clock.serving();
         req.extensions_mut().insert(ClientAddr(self.peer));
@@ -205,17 +208,15 @@ impl ConnectionService {
         };
         let clock = self.clock.clone();
         async move {
-            let response = match call.await {
-                Ok(response) => response,
+            match call.await {
+                Ok(response) => response.map(|body| AnswerBody::new(body, clock)),
                 Err(never) => match never {},
-            };
-            clock.answered();
-            response
+            }
         }
     }
 }
 
-async fn accept_loop<F, H, Fut>(
+async fn accept_loop<F, H, Fut, B>(
     listener: TcpListener,
     limits: Limits,
     mut stopped: watch::Receiver<bool>,
@@ -224,7 +225,9 @@ async fn accept_loop<F, H, Fut>(
 where
     F: Fn(SocketAddr, Arc<HeadClock>) -> H,
     H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<stack::ResponseBody>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
 {
     // Every connection is watched, so that shutdown can wait for the requests they carry.
     let graceful = GracefulShutdown::new();

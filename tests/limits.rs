@@ -159,6 +159,60 @@ async fn a_slow_answer_does_not_count_against_header_read_timeout() {
     assert_eq!(app.total(), 2);
 }
 
+/// An answer streamed by the app with pauses longer than the timeout is not cut: the next head
+/// is awaited only once the answer is done.
+#[tokio::test]
+async fn a_streamed_answer_with_long_pauses_does_not_count_against_header_read_timeout() {
+    // An app that answers every request in two chunks, 600 ms apart.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = conn.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+                        if conn.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                        if conn.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idemgate.db");
+    let proxy =
+        TestProxy::start_in(dir, db, &upstream, &format!("server: {{ header_read_timeout: 200ms }}\n{HEADER_ROUTE}"))
+            .await;
+    let mut stream = TcpStream::connect(proxy.proxy_addr).await.unwrap();
+    for _ in 0..2 {
+        stream.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !answer.ends_with(b"0\r\n\r\n") {
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await.expect("answer").unwrap();
+            assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200") && text.contains("first") && text.contains("second"), "{text}");
+    }
+}
+
 /// After an answer, the next head is awaited for the timeout and no longer: an idle keep-alive
 /// connection is closed, and so is one trickling its second head.
 #[tokio::test]

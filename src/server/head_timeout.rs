@@ -11,6 +11,7 @@
 //! a response, the next request head must arrive in full within the timeout. It covers a head
 //! trickled in a byte at a time and a keep-alive connection left idle alike.
 
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -44,18 +45,25 @@ impl HeadClock {
         self.waiting_since.store(SERVING, Ordering::Relaxed);
     }
 
-    /// The answer is handed to hyper; its bytes being written keep pushing the start of the wait
-    /// (see [`Watched`]).
-    pub fn answered(&self) {
-        self.waiting_since.store(self.elapsed_ns(), Ordering::Relaxed);
+    /// The answer's body is done (hyper drops it once its last frame is taken, or at once if it
+    /// has none): the wait for the next head starts now. Its last bytes may still be in hyper's
+    /// buffer, a few microseconds from the socket; an answer that the client is slow to take
+    /// stops the wait again (see [`HeadClock::wrote`]).
+    fn answered(&self) {
+        if self.waiting_since.load(Ordering::Relaxed) != SENDING {
+            self.waiting_since.store(self.elapsed_ns(), Ordering::Relaxed);
+        }
     }
 
-    /// After a write: a write that could not go out means the answer is still being sent (as
-    /// hyper's own timeout, this one does not cut a client that reads its answer slowly).
+    /// After a write: a write that could not go out means the answer is still being sent, and,
+    /// as with hyper's own timeout, a client that reads its answer slowly is not cut; the write
+    /// that goes out after it starts the wait.
     fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
         match written {
             Poll::Pending => self.waiting_since.store(SENDING, Ordering::Relaxed),
-            Poll::Ready(Ok(n)) if *n > 0 && self.waiting_since.load(Ordering::Relaxed) != SERVING => self.answered(),
+            Poll::Ready(Ok(n)) if *n > 0 && self.waiting_since.load(Ordering::Relaxed) == SENDING => {
+                self.waiting_since.store(self.elapsed_ns(), Ordering::Relaxed);
+            }
             Poll::Ready(_) => {}
         }
     }
@@ -91,8 +99,44 @@ pub async fn head_late(clock: &HeadClock, timeout: Duration) {
     }
 }
 
-/// The connection's socket, noting each write in the connection's [`HeadClock`]: a large answer
-/// still going out to a slow reader is not time the client had to send its next head.
+/// An answer's body, telling the connection's [`HeadClock`] when it is done: until then, however
+/// long the app takes between two chunks of a streamed answer, no head is awaited.
+pub struct AnswerBody<B> {
+    inner: B,
+    clock: Arc<HeadClock>,
+}
+
+impl<B> AnswerBody<B> {
+    pub fn new(inner: B, clock: Arc<HeadClock>) -> AnswerBody<B> {
+        AnswerBody { inner, clock }
+    }
+}
+
+impl<B> Drop for AnswerBody<B> {
+    fn drop(&mut self) {
+        self.clock.answered();
+    }
+}
+
+impl<B: Body + Unpin> Body for AnswerBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The connection's socket, noting in the connection's [`HeadClock`] when an answer's bytes
+/// cannot go out (a slow reader) and when they go out again.
 pub struct Watched<T> {
     inner: T,
     clock: Arc<HeadClock>,
