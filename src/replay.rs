@@ -131,10 +131,14 @@ fn detach(name: &HeaderName, value: &HeaderValue) -> (HeaderName, HeaderValue) {
     (name, copy)
 }
 
+/// Marks a replay. A constant: a name given as `&str` is copied into a new allocation on every
+/// insert.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 /// A duplicate's answer: the stored response, marked as a replay.
 pub fn replay(stored: &StoredResponse) -> Response<Body> {
     let mut response = respond(stored);
-    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     response
 }
 

@@ -74,6 +74,31 @@ async fn bodies_over_max_body_get_413() {
     assert_eq!(app.count("big") + app.count("chunked"), 0);
 }
 
+/// A body read in one piece or in several reaches the app byte for byte; and the app's own 413
+/// is its answer, passed on (and, not in `store_status`, the key released), not taken for
+/// idemgate's body limit.
+#[tokio::test]
+async fn bodies_in_one_frame_or_many_reach_the_app_whole_and_the_apps_413_is_its_own() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, LIMITED).await;
+    let one = proxy.post("/hooks/a", &[("idempotency-key", "one")], r#"{"n":1}"#).await;
+    assert_eq!(one.status, 200);
+    let chunked = "POST /hooks/a HTTP/1.1\r\nHost: x\r\nIdempotency-Key: many\r\n\
+                   Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\n{\"n\"\r\n3\r\n:2}\r\n0\r\n\r\n";
+    let reply = common::raw_exchange(proxy.proxy_addr, chunked.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let bodies: Vec<_> = app.deliveries().into_iter().map(|d| (d.key, d.body)).collect();
+    assert!(bodies.contains(&("one".into(), bytes::Bytes::from_static(br#"{"n":1}"#))), "{bodies:?}");
+    assert!(bodies.contains(&("many".into(), bytes::Bytes::from_static(br#"{"n":2}"#))), "{bodies:?}");
+
+    for _ in 0..2 {
+        let own = proxy.post("/hooks/a", &[("idempotency-key", "own413"), ("x-test-status", "413")], "{}").await;
+        assert_eq!(own.status, 413);
+        assert_eq!(own.header("content-type"), Some("application/json"), "the app's answer, not a problem");
+    }
+    assert_eq!(app.count("own413"), 2, "released each time, so forwarded again");
+}
+
 #[tokio::test]
 async fn a_declared_length_over_the_limit_is_refused_without_reading_the_body() {
     let app = TestApp::start().await;

@@ -82,7 +82,7 @@ fn acknowledgement(status: u16, key: &str, replayed: bool) -> Response<Body> {
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert(crate::replay::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     response
 }

@@ -16,8 +16,9 @@
 use super::lease::Claimed;
 use super::stage::{Exchange, Head, Stage, fingerprint, identify};
 use crate::error::{Body, BoxError, Problem, SendFuture};
-use crate::layer::body::{Read, Reserved, read_or_spill};
+use crate::layer::body::{Read, read_or_spill};
 use crate::layer::report::{Facts, logged_key};
+use crate::layer::route::Matched;
 use crate::metrics::{Outcome, Would};
 use crate::route::Route;
 use bytes::Bytes;
@@ -78,7 +79,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match req.extensions().get::<Arc<Route>>().filter(|route| route.shadow()).cloned() {
+        match req.extensions().get::<Matched>().map(|m| &m.route).filter(|route| route.shadow()).cloned() {
             Some(route) => Either::Shadow(Box::pin(shadow(self.stage.clone(), route, req))),
             // Ready (polled above) and called in place: an enforcing request, nearly every
             // request, costs no clone of the stages and no second box.
@@ -129,7 +130,7 @@ where
 {
     let gate = stage.gate().clone();
     let (mut parts, body) = req.into_parts();
-    let facts = parts.extensions.get::<Facts>().cloned();
+    let facts = parts.extensions.get::<Matched>().map(|m| m.facts.clone());
     let report = Report { facts: facts.as_ref(), route: &route, gate: &gate };
     report.outcome();
     gate.routes().strip_forged_keys(&mut parts.headers);
@@ -153,7 +154,9 @@ where
     match verdict {
         Verdict::Owned(exchange) => {
             report.would(Would::forwarded, None, None);
-            parts.extensions.insert(Reserved(Arc::new(memory)));
+            if let Some(matched) = parts.extensions.get_mut::<Matched>() {
+                matched.reserved = Some(Arc::new(memory));
+            }
             stage.detached_exchange(*exchange, parts, body).await
         }
         Verdict::Would { would, reason } => {

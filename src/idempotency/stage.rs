@@ -21,8 +21,8 @@ use crate::error::{Body, BoxError, Problem, SendFuture};
 use crate::fingerprint::Fingerprint;
 use crate::gate::{Gate, hex};
 use crate::key::{KeyError, RequestView};
-use crate::layer::body::Reserved;
 use crate::layer::report::Facts;
+use crate::layer::route::Matched;
 use crate::metrics::Outcome;
 use crate::replay::{self, Captured};
 use crate::route::Route;
@@ -120,16 +120,17 @@ impl<S> Stage<S> {
     /// would answer, without its future (a kilobyte and a half to allocate and copy) or a clone of
     /// the stage.
     fn look_in_cache(&self, req: &Request<Bytes>) -> FromCache {
-        let Some(route) = req.extensions().get::<Arc<Route>>().filter(|route| !route.is_async()) else {
+        let Some(matched) = req.extensions().get::<Matched>().filter(|m| !m.route.is_async()) else {
             return FromCache::Miss(None);
         };
+        let route = &matched.route;
         let head = Head::of_request(req);
         let Ok(Some(id)) = identify(route, head, req.body()) else { return FromCache::Miss(None) };
         let Ok(fingerprint) = fingerprint(route, head, req.body()) else { return FromCache::Miss(None) };
         let Some(done) = self.gate.records.cached(&id, now_ms()) else {
             return FromCache::Miss(Some((id, fingerprint)));
         };
-        let facts = req.extensions().get::<Facts>();
+        let facts = Some(&matched.facts);
         facts.inspect(|f| f.key(&id.key));
         FromCache::Answer(match completed(done, fingerprint) {
             Claimed::Replay(done) => Ok(replayed(facts, &done)),
@@ -163,8 +164,8 @@ where
         identified: Option<(RecordId, Option<Fingerprint>)>,
     ) -> Result<Response<Body>, Problem> {
         let (mut parts, body) = req.into_parts();
-        let route = parts.extensions.get::<Arc<Route>>().cloned().ok_or(Problem::Internal("no route".into()))?;
-        let facts = parts.extensions.get::<Facts>().cloned();
+        let matched = parts.extensions.get::<Matched>().ok_or(Problem::Internal("no route".into()))?;
+        let (route, facts) = (matched.route.clone(), Some(matched.facts.clone()));
         let note = |f: &dyn Fn(&Facts)| facts.iter().for_each(f);
         // A key `look_in_cache` identified has just missed the cache: its first claim goes
         // straight to the store. After a wait, the key may have completed: the cache first.
@@ -362,8 +363,8 @@ where
         };
         let stale = entity.stale();
         if stale {
-            if let Some(facts) = parts.extensions.get::<Facts>() {
-                facts.outcome(Outcome::stale);
+            if let Some(matched) = parts.extensions.get::<Matched>() {
+                matched.facts.outcome(Outcome::stale);
             }
             let newer = entity.newer.as_ref().map(ToString::to_string);
             tracing::info!(route = %route.name, entity = %entity.id.key, version = %entity.version, newer, "stale delivery");
@@ -421,7 +422,7 @@ where
         flag_stale: bool,
     ) -> Result<Captured<RB>, Problem> {
         let route = &exchange.route;
-        let memory = parts.extensions.remove::<Reserved>();
+        let memory = parts.extensions.get_mut::<Matched>().and_then(|m| m.reserved.take());
         // Before the key goes in: a client's `Connection: x-idempotency-key` must not strip the
         // key the app relies on. Visible ASCII (checked in `identify`), so a valid value.
         strip_hop_by_hop(&mut parts.headers);

@@ -10,7 +10,7 @@
 use crate::budget::Reservation;
 use crate::error::{Body, BoxError, Problem};
 use crate::gate::Gate;
-use crate::route::Route;
+use crate::layer::route::Matched;
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body_util::BodyExt;
@@ -20,14 +20,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
-/// Marks a response that came through the stages (the app's, a replay, or a stage's own), as
-/// opposed to one tower-http's body limit gave before them.
+/// Marks a 413 that came through the stages (the app's, a replay, or a stage's own), as opposed
+/// to the one tower-http's body limit gives before them.
 #[derive(Clone, Copy, Debug)]
 pub struct Staged;
-
-/// The body's share of `server.max_buffered_bytes`, held until the body has gone to the app.
-#[derive(Clone)]
-pub struct Reserved(pub Arc<Reservation>);
 
 #[derive(Clone)]
 pub struct BodyLayer {
@@ -71,16 +67,21 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (gate, inner) = (self.gate.clone(), self.inner.clone());
         Box::pin(async move {
-            let limit = req.extensions().get::<Arc<Route>>().map_or(0, |r| r.policy.max_body.0);
+            let limit = req.extensions().get::<Matched>().map_or(0, |m| m.route.policy.max_body.0);
             let (mut parts, body) = req.into_parts();
             let mut memory = gate.budget.reservation();
             let read = read_body(&parts, body, limit, gate.body_read_timeout, &mut memory).await;
             if let Err(Problem::OverBudget(_)) = &read {
                 gate.budget.refused();
             }
-            parts.extensions.insert(Reserved(Arc::new(memory)));
+            if let Some(matched) = parts.extensions.get_mut::<Matched>() {
+                matched.reserved = Some(Arc::new(memory));
+            }
             let mut response = inner.oneshot(Request::from_parts(parts, read?)).await?;
-            response.extensions_mut().insert(Staged);
+            // Only a 413 is ever asked about (see `limit_answer`): no marker on the others.
+            if response.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                response.extensions_mut().insert(Staged);
+            }
             Ok(response)
         })
     }
@@ -105,14 +106,20 @@ where
         return Err(Problem::BodyTooLarge(limit));
     }
     let declared = declared.map_or(0, |n| n as usize);
-    tokio::time::timeout(within, collect_within(body, limit as usize, declared, memory))
-        .await
-        .map_err(|_| Problem::BodyTimeout(within))?
+    let mut collect = std::pin::pin!(collect_within(body, limit as usize, declared, memory));
+    // A webhook's body nearly always comes with its head, already read: then it is taken at once,
+    // and no timer is made (one per request, in the runtime's shared timer wheel). Only a body
+    // still on its way is raced against `within`, which thus starts a poll later.
+    if let Poll::Ready(read) = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await {
+        return read;
+    }
+    tokio::time::timeout(within, collect).await.map_err(|_| Problem::BodyTimeout(within))?
 }
 
-/// Reads `body` into one buffer (no second copy), growing the reservation chunk by chunk. Past
-/// the budget, the rest is read and dropped: the sender then gets its 503 (a refusal before the
-/// body is read would reach it as a broken connection, mid-upload).
+/// Reads `body` into one buffer, growing the reservation chunk by chunk. A body that arrives in
+/// one frame (the usual webhook, read with its head) is kept as hyper read it, with no copy at
+/// all. Past the budget, the rest is read and dropped: the sender then gets its 503 (a refusal
+/// before the body is read would reach it as a broken connection, mid-upload).
 async fn collect_within<B>(body: B, limit: usize, declared: usize, memory: &mut Reservation) -> Result<Bytes, Problem>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -120,7 +127,8 @@ where
 {
     let mut body = std::pin::pin!(body);
     let mut over = memory.grow_to(declared).err();
-    let mut buf = bytes::BytesMut::with_capacity(if over.is_some() { 0 } else { declared });
+    let mut whole: Option<Bytes> = None;
+    let mut buf = bytes::BytesMut::new();
     let mut read = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| body_error(e.into(), limit))?;
@@ -133,13 +141,23 @@ where
             over = memory.grow_to(read).err();
         }
         match over {
-            None => buf.extend_from_slice(&data),
-            Some(_) => buf.clear(),
+            None if whole.is_none() && buf.is_empty() => whole = Some(data),
+            None => {
+                if let Some(first) = whole.take() {
+                    buf.reserve(declared.max(read));
+                    buf.extend_from_slice(&first);
+                }
+                buf.extend_from_slice(&data);
+            }
+            Some(_) => {
+                whole = None;
+                buf.clear();
+            }
         }
     }
     match over {
         Some(over) => Err(over.into()),
-        None => Ok(buf.freeze()),
+        None => Ok(whole.unwrap_or_else(|| buf.freeze())),
     }
 }
 

@@ -115,6 +115,17 @@ where
     }
 }
 
+/// What the route stage found, for the stages after it, in one request extension: each extension
+/// is a box of its own, and past three the extensions' table grows, all per request.
+#[derive(Clone)]
+pub struct Matched {
+    pub route: Arc<Route>,
+    pub facts: Facts,
+    /// The body's share of `server.max_buffered_bytes`, once read, held until the body has gone
+    /// to the app (set by the body stage).
+    pub reserved: Option<Arc<crate::budget::Reservation>>,
+}
+
 /// Where a request goes.
 enum Branch<P, B> {
     Answered(Problem),
@@ -174,8 +185,7 @@ where
     if req.headers().contains_key(header::UPGRADE) || req.method() == http::Method::CONNECT {
         return Err(Problem::UpgradeRefused);
     }
-    req.extensions_mut().insert(route);
-    req.extensions_mut().insert(facts);
+    req.extensions_mut().insert(Matched { route, facts, reserved: None });
     protected.oneshot(req).await
 }
 

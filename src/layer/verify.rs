@@ -2,12 +2,12 @@
 //! forged delivery cannot occupy the key of a real one.
 
 use crate::error::Problem;
+use crate::layer::route::Matched;
 use crate::route::Route;
 use crate::store::now_ms;
 use crate::verify::SignedRequest;
 use bytes::Bytes;
 use http::Request;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -49,8 +49,8 @@ where
 }
 
 fn verify(req: &Request<Bytes>) -> Result<(), Problem> {
-    let Some(route) = req.extensions().get::<Arc<Route>>() else { return Ok(()) };
-    check(route, req.method(), req.uri(), req.headers(), req.body())
+    let Some(matched) = req.extensions().get::<Matched>() else { return Ok(()) };
+    check(&matched.route, req.method(), req.uri(), req.headers(), req.body())
 }
 
 /// The route's signature check, if it has one.
