@@ -177,8 +177,11 @@ pub(crate) fn logged_key(logging: KeyLogging, key: &str) -> Option<Cow<'_, str>>
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), else none.
+/// A constant: a name given as `&str` is parsed (and checked for case) on every look-up.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 fn trace_id(headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
+    let value = headers.get(&TRACEPARENT)?.to_str().ok()?;
     let mut parts = value.split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex_of = |s: &str, n| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
