@@ -40,34 +40,11 @@ die() {
 for b in "$UP_BIN" "$CEIL_BIN" "$@"; do [[ -x "$b" ]] || die "missing $b (run bench/compare.sh once, or build it)"; done
 
 WORKDIR="${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/idemgate-ab.XXXXXX")}"
-mkdir -p "$WORKDIR/db"
 PIDS=()
 NAMES=()
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
-scratch_cleanup() {
-    rm -rf "$WORKDIR/db"
-}
-cleanup_on_exit
-for a in "$UP_ADDR" "$TGT_ADDR" "$ADMIN_ADDR"; do
-    if port_in_use "$a"; then die "$a is already in use (set PORT_BASE)"; fi
-done
-clear_idemgate_env
-
-cat >"$WORKDIR/idemgate.yaml" <<EOF
-listen: $TGT_ADDR
-log: { format: json, level: info }
-admin: { listen: $ADMIN_ADDR }
-upstream: { url: http://$UP_ADDR }
-store: { sqlite: { path: $WORKDIR/db/idemgate.db } }
-routes:
-  - name: bench
-    match: { path_prefix: /webhooks/ }
-    key: { header: Idempotency-Key }
-EOF
-
-start_bg upstream "$UP_BIN" "$UP_ADDR"
-wait_http upstream "$LAST_PID" "http://$UP_ADDR/healthz"
+start_one_target_bench
 
 run() { # name cmd...
     local name=$1 pid before after res n perf_pid="" counts=""

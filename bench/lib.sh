@@ -151,3 +151,35 @@ clear_idemgate_env() {
     while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^IDEMGATE_' || true)
     unset RUST_LOG
 }
+
+# What bench/ab.sh and bench/instructions.sh set up alike, once WORKDIR, PIDS and NAMES exist:
+# the exit path (the databases in $WORKDIR/db are scratch), free ports, a clean environment, the
+# default bench config for every idemgate binary (JSON request logs at info, metrics on, SQLite
+# in $WORKDIR/db) in $WORKDIR/idemgate.yaml, and the upstream started.
+# Needs UP_BIN, UP_ADDR, TGT_ADDR, ADMIN_ADDR.
+start_one_target_bench() {
+    mkdir -p "$WORKDIR/db"
+    # shellcheck disable=SC2317 # called by stop_everything, on exit
+    scratch_cleanup() {
+        rm -rf "$WORKDIR/db"
+    }
+    cleanup_on_exit
+    local a
+    for a in "$UP_ADDR" "$TGT_ADDR" "$ADMIN_ADDR"; do
+        if port_in_use "$a"; then die "$a is already in use (set PORT_BASE)"; fi
+    done
+    clear_idemgate_env
+    cat >"$WORKDIR/idemgate.yaml" <<YAML
+listen: $TGT_ADDR
+log: { format: json, level: info }
+admin: { listen: $ADMIN_ADDR }
+upstream: { url: http://$UP_ADDR }
+store: { sqlite: { path: $WORKDIR/db/idemgate.db } }
+routes:
+  - name: bench
+    match: { path_prefix: /webhooks/ }
+    key: { header: Idempotency-Key }
+YAML
+    start_bg upstream "$UP_BIN" "$UP_ADDR"
+    wait_http upstream "$LAST_PID" "http://$UP_ADDR/healthz"
+}
