@@ -70,6 +70,14 @@ struct DeadLetter {
 /// An invalid config (or command line) exits 2; a failure at run time exits 1.
 const EXIT_INVALID: u8 = 2;
 
+/// mimalloc rather than glibc's malloc. A request's memory is often freed on another thread than
+/// the one that allocated it (a claim built by a runtime worker is dropped by the SQLite writer,
+/// a record read by the writer is dropped by a worker), and glibc then takes the other thread's
+/// arena lock: under load, a third of the process's `futex` calls were those locks
+/// (docs/performance.md). mimalloc hands such frees back without a lock.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
