@@ -70,14 +70,6 @@ struct DeadLetter {
 /// An invalid config (or command line) exits 2; a failure at run time exits 1.
 const EXIT_INVALID: u8 = 2;
 
-/// mimalloc rather than glibc's malloc. A request's memory is often freed on another thread than
-/// the one that allocated it (a claim built by a runtime worker is dropped by the SQLite writer,
-/// a record read by the writer is dropped by a worker), and glibc then takes the other thread's
-/// arena lock. Under first-seen load that was 1.4 `futex` calls per request, 0.64 with mimalloc,
-/// which hands such frees back without a lock (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
