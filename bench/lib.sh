@@ -152,6 +152,22 @@ clear_idemgate_env() {
     unset RUST_LOG
 }
 
+# The bench config of idemgate (JSON request logs at LEVEL, metrics on, SQLite at DB; one route on
+# /webhooks/ keyed by Idempotency-Key), listening on TGT_ADDR and ADMIN_ADDR, app at UP_ADDR.
+write_bench_config() { # file level db
+    cat >"$1" <<YAML
+listen: $TGT_ADDR
+log: { format: json, level: $2 }
+admin: { listen: $ADMIN_ADDR }
+upstream: { url: http://$UP_ADDR }
+store: { sqlite: { path: $3 } }
+routes:
+  - name: bench
+    match: { path_prefix: /webhooks/ }
+    key: { header: Idempotency-Key }
+YAML
+}
+
 # What bench/ab.sh and bench/instructions.sh set up alike, once WORKDIR, PIDS and NAMES exist:
 # the exit path (the databases in $WORKDIR/db are scratch), free ports, a clean environment, the
 # default bench config for every idemgate binary (JSON request logs at info, metrics on, SQLite
@@ -169,17 +185,7 @@ start_one_target_bench() {
         if port_in_use "$a"; then die "$a is already in use (set PORT_BASE)"; fi
     done
     clear_idemgate_env
-    cat >"$WORKDIR/idemgate.yaml" <<YAML
-listen: $TGT_ADDR
-log: { format: json, level: info }
-admin: { listen: $ADMIN_ADDR }
-upstream: { url: http://$UP_ADDR }
-store: { sqlite: { path: $WORKDIR/db/idemgate.db } }
-routes:
-  - name: bench
-    match: { path_prefix: /webhooks/ }
-    key: { header: Idempotency-Key }
-YAML
+    write_bench_config "$WORKDIR/idemgate.yaml" info "$WORKDIR/db/idemgate.db"
     start_bg upstream "$UP_BIN" "$UP_ADDR"
     wait_http upstream "$LAST_PID" "http://$UP_ADDR/healthz"
 }

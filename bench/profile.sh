@@ -94,17 +94,7 @@ AWK
 for t in $TARGETS; do
     case "$t" in
         idemgate)
-            cat >"$WORKDIR/config/idemgate.yaml" <<EOF
-listen: $TGT_ADDR
-log: { format: json, level: $LOG_LEVEL }
-admin: { listen: $ADMIN_ADDR }
-upstream: { url: http://$UP_ADDR }
-store: { sqlite: { path: $WORKDIR/db/idemgate.db } }
-routes:
-  - name: bench
-    match: { path_prefix: /webhooks/ }
-    key: { header: Idempotency-Key }
-EOF
+            write_bench_config "$WORKDIR/config/idemgate.yaml" "$LOG_LEVEL" "$WORKDIR/db/idemgate.db"
             start_bg idemgate "$IDG_BIN" serve --config "$WORKDIR/config/idemgate.yaml"
             ;;
         ceiling) start_bg ceiling "$CEIL_BIN" "$TGT_ADDR" "$UP_ADDR" "$WORKDIR/db/ceiling.db" ;;

@@ -154,9 +154,7 @@ where
     match verdict {
         Verdict::Owned(exchange) => {
             report.would(Would::forwarded, None, None);
-            if let Some(matched) = parts.extensions.get_mut::<Matched>() {
-                matched.reserved = Some(Arc::new(memory));
-            }
+            Matched::keep_reserved(&mut parts.extensions, memory);
             stage.detached_exchange(*exchange, parts, body).await
         }
         Verdict::Would { would, reason } => {

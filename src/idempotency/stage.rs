@@ -130,10 +130,9 @@ impl<S> Stage<S> {
         let Some(done) = self.gate.records.cached(&id, now_ms()) else {
             return FromCache::Miss(Some((id, fingerprint)));
         };
-        let facts = Some(&matched.facts);
-        facts.inspect(|f| f.key(&id.key));
+        matched.facts.key(&id.key);
         FromCache::Answer(match completed(done, fingerprint) {
-            Claimed::Replay(done) => Ok(replayed(facts, &done)),
+            Claimed::Replay(done) => Ok(replayed(Some(&matched.facts), &done)),
             _ => Err(Problem::Mismatch),
         })
     }
@@ -422,7 +421,7 @@ where
         flag_stale: bool,
     ) -> Result<Captured<RB>, Problem> {
         let route = &exchange.route;
-        let memory = parts.extensions.get_mut::<Matched>().and_then(|m| m.reserved.take());
+        let memory = Matched::take_reserved(&mut parts.extensions);
         // Before the key goes in: a client's `Connection: x-idempotency-key` must not strip the
         // key the app relies on. Visible ASCII (checked in `identify`), so a valid value.
         strip_hop_by_hop(&mut parts.headers);

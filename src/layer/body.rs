@@ -74,9 +74,7 @@ where
             if let Err(Problem::OverBudget(_)) = &read {
                 gate.budget.refused();
             }
-            if let Some(matched) = parts.extensions.get_mut::<Matched>() {
-                matched.reserved = Some(Arc::new(memory));
-            }
+            Matched::keep_reserved(&mut parts.extensions, memory);
             let mut response = inner.oneshot(Request::from_parts(parts, read?)).await?;
             // Only a 413 is ever asked about (see `limit_answer`): no marker on the others.
             if response.status() == http::StatusCode::PAYLOAD_TOO_LARGE {

@@ -126,6 +126,19 @@ pub struct Matched {
     pub reserved: Option<Arc<crate::budget::Reservation>>,
 }
 
+impl Matched {
+    /// Keeps the body's reservation with the request until [`Matched::take_reserved`].
+    pub fn keep_reserved(extensions: &mut http::Extensions, memory: crate::budget::Reservation) {
+        if let Some(matched) = extensions.get_mut::<Matched>() {
+            matched.reserved = Some(Arc::new(memory));
+        }
+    }
+
+    pub fn take_reserved(extensions: &mut http::Extensions) -> Option<Arc<crate::budget::Reservation>> {
+        extensions.get_mut::<Matched>().and_then(|m| m.reserved.take())
+    }
+}
+
 /// Where a request goes.
 enum Branch<P, B> {
     Answered(Problem),

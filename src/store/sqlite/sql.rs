@@ -88,10 +88,12 @@ fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
     if inserted == 1 {
         return Ok(ClaimOutcome::Claimed { token: c.token, took_over: false });
     }
-    let (expires, holder) = conn
-        .prepare_cached(HOLDER)?
-        .query_row(params![&*c.id.route, c.id.scope, c.id.key], |r| Ok((r.get::<_, i64>(3)?, holder(r)?)))?;
-    if expires > c.now_ms {
+    // Decoded only if it is the answer: a holder about to be taken over needs no copy of its
+    // headers and body.
+    let live = conn.prepare_cached(HOLDER)?.query_row(params![&*c.id.route, c.id.scope, c.id.key], |r| {
+        if r.get::<_, i64>(3)? > c.now_ms { holder(r).map(Some) } else { Ok(None) }
+    })?;
+    if let Some(holder) = live {
         return Ok(holder);
     }
     let status: Option<i64> = conn
