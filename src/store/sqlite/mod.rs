@@ -107,7 +107,7 @@ impl Op {
 
 struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    reply: oneshot::Sender<(Op, Result<Outcome, StoreError>)>,
 }
 
 impl Job {
@@ -126,19 +126,25 @@ impl Job {
         match result {
             Ok(outcome) if wait => {
                 let seq = sync.committed.load(Ordering::Acquire);
-                if let Err(std::sync::mpsc::SendError((reply, ..))) = syncer.send((self.reply, outcome, seq)) {
-                    let _ = reply.send(Err(StoreError::Closed));
+                if let Err(std::sync::mpsc::SendError((job, ..))) = syncer.send((self, outcome, seq)) {
+                    job.send(Err(StoreError::Closed));
                 }
             }
-            result => {
-                let _ = self.reply.send(result);
-            }
+            result => self.send(result),
         }
+    }
+
+    /// The op goes back with its answer, to be freed by the thread that built it: glibc's `free`
+    /// of a chunk from another thread's arena takes that arena's lock, and under load the worker
+    /// threads allocating in it made every such free a futex wait (about a third of idemgate's
+    /// futex calls per first-seen request, docs/performance.md).
+    fn send(self, result: Result<Outcome, StoreError>) {
+        let _ = self.reply.send((self.op, result));
     }
 }
 
 /// A committed answer waiting for the WAL sync that covers commit number `.2`.
-type Synced = (oneshot::Sender<Result<Outcome, StoreError>>, Outcome, u64);
+type Synced = (Job, Outcome, u64);
 
 /// How far the WAL is synced: transactions that committed a completion or a new event are
 /// numbered, and the syncer records the highest number its last sync covered.
@@ -205,7 +211,9 @@ impl SqliteStore {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             jobs.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
+            // `_op` is dropped here, on this thread (see `Job::send`).
+            let (_op, result) = rx.await.map_err(|_| StoreError::Closed)?;
+            result
         })
     }
 }

@@ -86,8 +86,8 @@ fn run_syncer(wal: &std::fs::File, pending: std::sync::mpsc::Receiver<Synced>, s
         if result.is_ok() {
             sync.synced.fetch_max(covers, Ordering::AcqRel);
         }
-        for (reply, outcome, _) in group {
-            let _ = reply.send(result.clone().map(|()| outcome));
+        for (job, outcome, _) in group {
+            job.send(result.clone().map(|()| outcome));
         }
     }
 }
