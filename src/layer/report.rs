@@ -26,7 +26,8 @@ pub struct Facts(Arc<Mutex<Fact>>);
 
 struct Fact {
     routes: Arc<Routes>,
-    route: Arc<str>,
+    /// None until a route matched: logged as "-".
+    route: Option<Arc<str>>,
     route_index: Option<usize>,
     key: Option<String>,
     outcome: Outcome,
@@ -40,7 +41,7 @@ impl Facts {
     pub fn new<B>(routes: Arc<Routes>, req: &Request<B>) -> Facts {
         Facts(Arc::new(Mutex::new(Fact {
             routes,
-            route: "-".into(),
+            route: None,
             route_index: None,
             key: None,
             outcome: Outcome::passthrough,
@@ -55,7 +56,7 @@ impl Facts {
     }
 
     pub fn route(&self, name: &Arc<str>, index: usize) {
-        self.with(|f| (f.route, f.route_index) = (name.clone(), Some(index)));
+        self.with(|f| (f.route, f.route_index) = (Some(name.clone()), Some(index)));
     }
 
     pub fn key(&self, key: &str) {
@@ -139,10 +140,10 @@ impl<B> OnResponse<B> for Report {
         if problem.is_none() && matches!(outcome, Outcome::forwarded | Outcome::passthrough) {
             metrics.app_answered(status);
         }
-        span.record("route", &*fact.route).record("outcome", outcome.as_str()).record("status", status.as_u16());
+        let route = fact.route.as_deref().unwrap_or("-");
+        span.record("route", route).record("outcome", outcome.as_str()).record("status", status.as_u16());
         let key = fact.key.as_deref().and_then(|k| logged_key(self.gate.key_logging, k));
-        let (route, key, outcome, trace_id) =
-            (&*fact.route, key.as_deref(), outcome.as_str(), fact.trace_id.as_deref());
+        let (route, key, outcome, trace_id) = (route, key.as_deref(), outcome.as_str(), fact.trace_id.as_deref());
         let (method, status, duration_ms) = (&fact.method, status.as_u16(), latency.as_secs_f64() * 1000.0);
         let error = problem.map(|p| &*p.detail);
         // Only present when true: a takeover is rare and worth finding.

@@ -29,12 +29,11 @@ pub struct VerifyService<S> {
 impl<S> Service<Request<Bytes>> for VerifyService<S>
 where
     S: Service<Request<Bytes>, Error = Problem>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
 {
     type Response = S::Response;
     type Error = Problem;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, Problem>> + Send>>;
+    /// The stage's own future when the check passes: no box of its own per request.
+    type Future = futures_util::future::Either<S::Future, std::future::Ready<Result<S::Response, Problem>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
         self.inner.poll_ready(cx)
@@ -42,8 +41,8 @@ where
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         match verify(&req) {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(problem) => Box::pin(std::future::ready(Err(problem))),
+            Ok(()) => futures_util::future::Either::Left(self.inner.call(req)),
+            Err(problem) => futures_util::future::Either::Right(std::future::ready(Err(problem))),
         }
     }
 }

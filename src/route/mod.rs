@@ -383,7 +383,7 @@ impl Router {
         }
         let decoded = path::decode(raw_path)?;
         let path = path::segments(&decoded)?;
-        let folded: Vec<_> = path.iter().map(|s| path::fold_cow(s)).collect();
+        let folded: smallvec::SmallVec<[_; 8]> = path.iter().map(|s| path::fold_cow(s)).collect();
         Ok(self
             .routes
             .iter()

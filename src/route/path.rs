@@ -65,13 +65,17 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     NormalPath::parse(raw).map(|p| p.to_string())
 }
 
+/// A request path's segments, on the stack for any path a webhook uses: matching runs for every
+/// request, and two vectors per match were two allocations.
+pub type Segments<'a> = smallvec::SmallVec<[&'a str; 8]>;
+
 /// Steps 3 and 4: the segments of a decoded path.
-pub fn segments(decoded: &str) -> Result<Vec<&str>, PathError> {
+pub fn segments(decoded: &str) -> Result<Segments<'_>, PathError> {
     // Decoding first is safe: it never yields a '/', a '\' or a ';'.
-    let mut segments = Vec::new();
-    for seg in decoded.split('/') {
-        let (name, param) = match seg.split_once(';') {
-            Some((name, _)) => (name, true),
+    let mut segments = Segments::new();
+    for seg in split_at_byte(decoded, b'/') {
+        let (name, param) = match seg.bytes().position(|b| b == b';') {
+            Some(at) => (&seg[..at], true),
             None => (seg, false),
         };
         match name {
@@ -84,6 +88,27 @@ pub fn segments(decoded: &str) -> Result<Vec<&str>, PathError> {
         }
     }
     Ok(segments)
+}
+
+/// `s.split(sep)` for an ASCII separator, by a byte loop: `str::split`'s searcher costs more to
+/// set up than a webhook path's few bytes take to scan, and it ran for every request.
+fn split_at_byte(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    debug_assert!(sep.is_ascii());
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == sep) {
+            // Cutting at an ASCII byte keeps both sides valid UTF-8.
+            Some(at) => {
+                rest = Some(&r[at + 1..]);
+                Some(&r[..at])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// [`fold`], borrowing a segment that folding leaves as it is (lower-case ASCII without escapes).
@@ -143,10 +168,16 @@ fn chars_outside_escapes(segment: &str) -> impl Iterator<Item = (char, bool)> + 
 /// Steps 1 and 2 (see the module's comment): the path with its unreserved characters decoded,
 /// borrowed as it is when it has nothing to decode (the common case: no allocation per request).
 pub fn decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
-    if raw.contains('\\') {
-        return Err(PathError::Backslash);
+    // One pass for both questions, as the path is nearly always plain.
+    let mut escaped = false;
+    for b in raw.bytes() {
+        match b {
+            b'\\' => return Err(PathError::Backslash),
+            b'%' => escaped = true,
+            _ => {}
+        }
     }
-    if !raw.contains('%') {
+    if !escaped {
         return Ok(Cow::Borrowed(raw));
     }
     // Bytes, not chars: a non-ASCII character is several bytes and must pass through whole.
@@ -180,6 +211,17 @@ pub fn decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_at_byte_is_str_split() {
+        for s in ["", "/", "//", "/a", "a/", "/webhooks/github", "a//b///c", "/ſ/é/", ";/;;/"] {
+            for sep in [b'/', b';'] {
+                let ours: Vec<_> = split_at_byte(s, sep).collect();
+                let std: Vec<_> = s.split(char::from(sep)).collect();
+                assert_eq!(ours, std, "{s:?} at {:?}", char::from(sep));
+            }
+        }
+    }
 
     #[test]
     fn normalization_table() {
