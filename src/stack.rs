@@ -113,8 +113,24 @@ impl MakeRequestId for RequestIds {
             id[2 * i] = HEX[usize::from(byte >> 4)];
             id[2 * i + 1] = HEX[usize::from(byte & 0xf)];
         }
-        http::HeaderValue::from_bytes(&id).ok().map(RequestId::new)
+        http::HeaderValue::from_maybe_shared(shared_bytes(&id)).ok().map(RequestId::new)
     }
+}
+
+/// `bytes`, copied into a slab of this thread's that many ids share. tower-http clones the id
+/// into the request header, the extensions and the answer: a value of its own would be one
+/// allocation to copy it and a second when the first clone makes it shareable, per request.
+fn shared_bytes(bytes: &[u8]) -> bytes::Bytes {
+    const SLAB: usize = 4096;
+    thread_local!(static FREE: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new()));
+    FREE.with_borrow_mut(|free| {
+        if free.capacity() < bytes.len() {
+            // The old slab lives on until the last id cut from it is dropped.
+            *free = bytes::BytesMut::with_capacity(SLAB.max(bytes.len()));
+        }
+        free.extend_from_slice(bytes);
+        free.split().freeze()
+    })
 }
 
 #[cfg(test)]
@@ -128,5 +144,16 @@ mod tests {
         let id = |ids: &mut RequestIds| ids.make_request_id(&req).unwrap().into_header_value();
         assert_eq!(id(&mut ids), "0123456789abcdef0000000000000000");
         assert_eq!(id(&mut ids), "0123456789abcdef0000000000000001");
+    }
+
+    #[test]
+    fn ids_cut_from_one_slab_stay_whole_after_the_slab_is_replaced() {
+        let mut ids = RequestIds { prefix: 7, next: Arc::default() };
+        let req = Request::new(());
+        // More ids than one slab holds: the early ones outlive their slab's replacement.
+        let all: Vec<_> = (0..1000).map(|_| ids.make_request_id(&req).unwrap().into_header_value()).collect();
+        for (n, id) in all.iter().enumerate() {
+            assert_eq!(id.to_str().unwrap(), format!("{:016x}{n:016x}", 7), "id {n}");
+        }
     }
 }
