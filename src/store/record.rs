@@ -92,7 +92,8 @@ impl StoredResponse {
 
 /// Headers as [`StoredResponse::encode_headers`] writes them; stored requests use it too.
 pub(super) fn encode_headers(headers: &[(HeaderName, HeaderValue)]) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Sized first: grown a line at a time, the buffer was copied four or five times per record.
+    let mut out = Vec::with_capacity(headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 2).sum());
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.push(b':');

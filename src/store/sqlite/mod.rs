@@ -175,7 +175,10 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating the file and its folder if missing) and migrates the database.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = open_connection(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let conn = open_connection(path)
+            // Prepared here once, so that a schema they do not fit fails the open, by name.
+            .and_then(|conn| sql::Hot::prepare(&conn).map(drop).map(|()| conn))
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         // The connection keeps the WAL file open (and so in place) for as long as the store runs.
         let wal_path = format!("{}-wal", path.display());
         let wal = std::fs::File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("{wal_path}: {e}")))?;

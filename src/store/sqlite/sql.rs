@@ -4,13 +4,37 @@ use super::{Op, Outcome, events, versions};
 use crate::store::ABANDONED_CLAIM_RETENTION_MS;
 use crate::store::record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Statement, params};
 use std::sync::Arc;
 
-pub(super) fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
+/// The statements every first-seen key runs, prepared once for the writer's life. rusqlite's
+/// statement cache hashes a statement's whole text (SipHash) when it is taken and again when it
+/// is given back: about 1,000 instructions a statement, five statements a key
+/// (docs/performance.md). Everything rarer goes through the cache.
+pub(super) struct Hot<'c> {
+    pub begin: Statement<'c>,
+    pub commit: Statement<'c>,
+    insert_claim: Statement<'c>,
+    holder: Statement<'c>,
+    complete: Statement<'c>,
+}
+
+impl<'c> Hot<'c> {
+    pub(super) fn prepare(conn: &'c Connection) -> rusqlite::Result<Hot<'c>> {
+        Ok(Hot {
+            begin: conn.prepare("BEGIN IMMEDIATE")?,
+            commit: conn.prepare("COMMIT")?,
+            insert_claim: conn.prepare(INSERT_CLAIM)?,
+            holder: conn.prepare(HOLDER)?,
+            complete: conn.prepare(COMPLETE)?,
+        })
+    }
+}
+
+pub(super) fn apply(conn: &Connection, hot: &mut Hot<'_>, op: &Op) -> rusqlite::Result<Outcome> {
     Ok(match op {
-        Op::Claim(c) => Outcome::Claim(claim(conn, c)?),
-        Op::Complete(id, token, done) => Outcome::Flag(complete(conn, id, *token, done)?),
+        Op::Claim(c) => Outcome::Claim(claim(conn, hot, c)?),
+        Op::Complete(id, token, done) => Outcome::Flag(complete(hot, id, *token, done)?),
         Op::Release(id, token) => {
             conn.prepare_cached("DELETE FROM records WHERE route=?1 AND scope=?2 AND key=?3 AND token=?4 AND state=0")?
                 .execute(params![&*id.route, id.scope, id.key, *token as i64])?;
@@ -75,22 +99,24 @@ fn sweep(conn: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<usize
 /// (one whose lease ended) marks itself there with 0: `RETURNING` sees only the new row, and
 /// this is how it tells that takeover, a possible second delivery, from a takeover of an expired
 /// completed record.
-fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
+fn claim(conn: &Connection, hot: &mut Hot<'_>, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
     let fingerprint = c.fingerprint.as_ref().map(|f| &f[..]);
     let expires_ms = c.now_ms.saturating_add(c.lease_ms);
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO records (route, scope, key, state, token, fingerprint, created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)
-             ON CONFLICT (route, scope, key) DO NOTHING",
-        )?
-        .execute(params![&*c.id.route, c.id.scope, c.id.key, c.token as i64, fingerprint, c.now_ms, expires_ms])?;
+    let inserted = hot.insert_claim.execute(params![
+        &*c.id.route,
+        c.id.scope,
+        c.id.key,
+        c.token as i64,
+        fingerprint,
+        c.now_ms,
+        expires_ms
+    ])?;
     if inserted == 1 {
         return Ok(ClaimOutcome::Claimed { token: c.token, took_over: false });
     }
     // Decoded only if it is the answer: a holder about to be taken over needs no copy of its
     // headers and body.
-    let live = conn.prepare_cached(HOLDER)?.query_row(params![&*c.id.route, c.id.scope, c.id.key], |r| {
+    let live = hot.holder.query_row(params![&*c.id.route, c.id.scope, c.id.key], |r| {
         if r.get::<_, i64>(3)? > c.now_ms { holder(r).map(Some) } else { Ok(None) }
     })?;
     if let Some(holder) = live {
@@ -111,6 +137,10 @@ fn claim(conn: &Connection, c: &Claim) -> rusqlite::Result<ClaimOutcome> {
         )?;
     Ok(ClaimOutcome::Claimed { token: c.token, took_over: status == Some(0) })
 }
+
+const INSERT_CLAIM: &str = "INSERT INTO records (route, scope, key, state, token, fingerprint, created_ms, expires_ms)
+                            VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)
+                            ON CONFLICT (route, scope, key) DO NOTHING";
 
 const HOLDER: &str = "SELECT state, fingerprint, created_ms, expires_ms, status, headers, body, body_omitted
                       FROM records WHERE route=?1 AND scope=?2 AND key=?3";
@@ -147,26 +177,25 @@ pub(super) fn completed(conn: &Connection, id: &RecordId) -> rusqlite::Result<Op
     })
 }
 
-fn complete(conn: &Connection, id: &RecordId, token: u64, done: &Completed) -> rusqlite::Result<bool> {
-    let changed = conn
-        .prepare_cached(
-            "UPDATE records SET state = 1, status = ?5, headers = ?6, body = ?7, body_omitted = ?8, expires_ms = ?9,
-                 created_ms = ?10, fingerprint = ?11
-             WHERE route = ?1 AND scope = ?2 AND key = ?3 AND token = ?4 AND state = 0",
-        )?
-        .execute(params![
-            &*id.route,
-            id.scope,
-            id.key,
-            token as i64,
-            done.response.status,
-            done.response.encode_headers(),
-            &done.response.body[..],
-            done.response.body_omitted,
-            done.expires_ms,
-            done.created_ms,
-            done.fingerprint.as_ref().map(|f| &f[..])
-        ])?;
+const COMPLETE: &str =
+    "UPDATE records SET state = 1, status = ?5, headers = ?6, body = ?7, body_omitted = ?8, expires_ms = ?9,
+         created_ms = ?10, fingerprint = ?11
+     WHERE route = ?1 AND scope = ?2 AND key = ?3 AND token = ?4 AND state = 0";
+
+fn complete(hot: &mut Hot<'_>, id: &RecordId, token: u64, done: &Completed) -> rusqlite::Result<bool> {
+    let changed = hot.complete.execute(params![
+        &*id.route,
+        id.scope,
+        id.key,
+        token as i64,
+        done.response.status,
+        done.response.encode_headers(),
+        &done.response.body[..],
+        done.response.body_omitted,
+        done.expires_ms,
+        done.created_ms,
+        done.fingerprint.as_ref().map(|f| &f[..])
+    ])?;
     Ok(changed == 1)
 }
 

@@ -1,7 +1,7 @@
 //! The threads behind the store: the writer (group commit), the syncer (WAL fdatasync before
 //! completions are answered) and the checkpointer (WAL pages into the database file).
 
-use super::sql::apply;
+use super::sql::{Hot, apply};
 use super::{Job, Op, Outcome, SyncState, Synced};
 use crate::store::StoreError;
 use rusqlite::Connection;
@@ -15,7 +15,7 @@ const MAX_BATCH: usize = 256;
 const CHECKPOINT_PACE: Duration = Duration::from_millis(100);
 
 pub(super) fn run_writer(
-    mut conn: Connection,
+    conn: Connection,
     wal: std::fs::File,
     checkpoints: Connection,
     mut rx: mpsc::Receiver<Job>,
@@ -33,6 +33,14 @@ pub(super) fn run_writer(
         // Without the thread, SQLite's own checkpoints at commit keep the WAL bounded.
         let _ = conn.execute_batch("PRAGMA wal_autocheckpoint=1000;");
     }
+    let mut hot = match Hot::prepare(&conn) {
+        Ok(hot) => Some(hot),
+        Err(e) => {
+            // `open` prepared them once already: only a schema changed underneath gets here.
+            tracing::error!(error = %e, "the store's statements cannot be prepared; every operation fails");
+            None
+        }
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -43,7 +51,14 @@ pub(super) fn run_writer(
             }
         }
         let closing = batch.iter().any(|job| matches!(job.op, Op::Close));
-        run_batch(&mut conn, &mut batch, &synced, &sync);
+        match &mut hot {
+            Some(hot) => run_batch(&conn, hot, &mut batch, &synced, &sync),
+            None => {
+                for job in batch.drain(..) {
+                    job.send(Err(StoreError::Unavailable("the store's statements cannot be prepared".into())));
+                }
+            }
+        }
         // A full channel means a checkpoint is already due: the signals coalesce.
         let _ = wrote.try_send(());
         if closing {
@@ -54,6 +69,7 @@ pub(super) fn run_writer(
     // WAL does not outlive a clean stop.
     drop(synced);
     drop(wrote);
+    drop(hot);
     for thread in [syncer, checkpointer].into_iter().flatten() {
         let _ = thread.join();
     }
@@ -96,8 +112,14 @@ fn run_syncer(wal: &std::fs::File, pending: std::sync::mpsc::Receiver<Synced>, s
 /// rolled back and each job runs in a transaction of its own, so that one bad job cannot fail its
 /// neighbours. A store-wide failure (locked too long, disk full, I/O) fails the whole batch at
 /// once: retrying each job would only hold every caller for another lock timeout.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, synced: &std::sync::mpsc::Sender<Synced>, sync: &SyncState) {
-    match apply_all(conn, batch) {
+fn run_batch(
+    conn: &Connection,
+    hot: &mut Hot<'_>,
+    batch: &mut Vec<Job>,
+    synced: &std::sync::mpsc::Sender<Synced>,
+    sync: &SyncState,
+) {
+    match apply_all(conn, hot, batch) {
         Ok(outcomes) => {
             committed(batch.iter().zip(&outcomes), sync);
             for (job, outcome) in batch.drain(..).zip(outcomes) {
@@ -106,7 +128,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, synced: &std::sync::mp
         }
         Err(e) if batch.len() > 1 && !store_wide(&e) => {
             for job in batch.drain(..) {
-                let result = apply_all(conn, std::slice::from_ref(&job)).map(|mut v| v.remove(0));
+                let result = apply_all(conn, hot, std::slice::from_ref(&job)).map(|mut v| v.remove(0));
                 if let Ok(outcome) = &result {
                     committed([(&job, outcome)], sync);
                 }
@@ -147,14 +169,14 @@ fn store_wide(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// BEGIN and COMMIT as cached statements: `execute_batch` would parse them again for every batch.
-fn apply_all(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Outcome>> {
-    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+/// BEGIN and COMMIT as prepared statements: `execute_batch` would parse them again for every batch.
+fn apply_all(conn: &Connection, hot: &mut Hot<'_>, jobs: &[Job]) -> rusqlite::Result<Vec<Outcome>> {
+    hot.begin.execute([])?;
     let applied = jobs
         .iter()
-        .map(|job| apply(conn, &job.op))
+        .map(|job| apply(conn, hot, &job.op))
         .collect::<Result<Vec<_>, _>>()
-        .and_then(|outcomes| conn.prepare_cached("COMMIT")?.execute([]).map(|_| outcomes));
+        .and_then(|outcomes| hot.commit.execute([]).map(|_| outcomes));
     if applied.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
