@@ -149,7 +149,7 @@ where
         };
     let (verdict, key) = evaluate(&stage, &route, &parts, &body).await;
     if let (Some(key), Some(facts)) = (&key, &facts) {
-        facts.key(key);
+        facts.key(key.clone());
     }
     match verdict {
         Verdict::Owned(exchange) => {

@@ -91,16 +91,21 @@ where
 {
     type Response = Response<Body>;
     type Error = Problem;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Problem>> + Send>>;
+    /// A replay from the cache is ready at once, and gets no box.
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Response<Body>, Problem>>,
+        Pin<Box<dyn Future<Output = Result<Response<Body>, Problem>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        use futures_util::future::Either;
         match self.look_in_cache(&req) {
-            FromCache::Answer(answer) => Box::pin(std::future::ready(answer)),
-            FromCache::Miss(identified) => Box::pin(self.clone().run(req, identified)),
+            FromCache::Answer(answer) => Either::Left(std::future::ready(answer)),
+            FromCache::Miss(identified) => Either::Right(Box::pin(self.clone().run(req, identified))),
         }
     }
 }
@@ -130,11 +135,13 @@ impl<S> Stage<S> {
         let Some(done) = self.gate.records.cached(&id, now_ms()) else {
             return FromCache::Miss(Some((id, fingerprint)));
         };
-        matched.facts.key(&id.key);
-        FromCache::Answer(match completed(done, fingerprint) {
+        let answer = match completed(done, fingerprint) {
             Claimed::Replay(done) => Ok(replayed(Some(&matched.facts), &done)),
             _ => Err(Problem::Mismatch),
-        })
+        };
+        // Moved, not copied: the id is done with.
+        matched.facts.key(id.key);
+        FromCache::Answer(answer)
     }
 }
 
@@ -171,7 +178,7 @@ where
         let mut cache_first = identified.is_none();
         let (id, fingerprint) = match identified {
             Some((id, fingerprint)) => {
-                note(&|f| f.key(&id.key));
+                note(&|f| f.key(id.key.clone()));
                 (id, fingerprint)
             }
             None => {
@@ -181,7 +188,7 @@ where
                     let response = self.call_app(Request::from_parts(parts, replay::full(body))).await?;
                     return Ok(replay::stream(response));
                 };
-                note(&|f| f.key(&id.key));
+                note(&|f| f.key(id.key.clone()));
                 if route.is_async() {
                     return super::accept::accept(&self.gate, &route, id, parts, body, facts.as_ref()).await;
                 }

@@ -59,8 +59,8 @@ impl Facts {
         self.with(|f| (f.route, f.route_index) = (Some(name.clone()), Some(index)));
     }
 
-    pub fn key(&self, key: &str) {
-        self.with(|f| f.key = Some(key.to_string()));
+    pub fn key(&self, key: String) {
+        self.with(|f| f.key = Some(key));
     }
 
     pub fn outcome(&self, outcome: Outcome) {
