@@ -9,7 +9,7 @@
 # default bench config (JSON request logs at info, metrics on, SQLite), warms the hot keys, and
 # runs wrk -t2 -c32 for DURATION (default 4s) in MODE (new | dup | mix). Prints one line per run:
 # RESULT target=... rps=... cpu_us=... (the process's CPU per request).
-# With PERF_STAT=1 each line also gives the process's system calls (futex among them) and context switches per request
+# With PERF_STAT=1 each line also gives the process's system calls (futex among them), context switches and page faults per request
 # (`perf stat` software events): counts, so far steadier than rps on a shared VM.
 # Env: DURATION, BENCH_DIR, PERF_STAT, PORT_BASE (default 27000: below the ephemeral port range, which an
 # outgoing connection may hold a port of). Needs the binaries bench/compare.sh builds.
@@ -55,7 +55,7 @@ run() { # name cmd...
     wait_http "$name" "$pid" "http://$TGT_ADDR/healthz"
     timeout 20 wrk -t1 -c1 -d1s -s "$LUA" "http://$TGT_ADDR" -- warm hot=hot run=warm >/dev/null 2>&1 || true
     if [[ "${PERF_STAT:-0}" == 1 ]]; then
-        perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_futex,context-switches -p "$pid" -o "$WORKDIR/$name.perf" &
+        perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_futex,context-switches,page-faults -p "$pid" -o "$WORKDIR/$name.perf" &
         perf_pid=$!
     fi
     before=$(cpu_ticks "$pid")
@@ -71,8 +71,8 @@ run() { # name cmd...
     n=$(field "$res" requests)
     if [[ -n "$perf_pid" ]]; then
         counts=$(awk -F, -v n="$n" '$3 ~ /raw_syscalls:sys_enter/ { s = $1 } $3 ~ /sys_enter_futex/ { f = $1 }
-            $3 ~ /context-switches/ { c = $1 }
-            END { printf " syscalls_per_req=%.2f futex_per_req=%.2f switches_per_req=%.2f", s / n, f / n, c / n }' "$WORKDIR/$name.perf")
+            $3 ~ /context-switches/ { c = $1 } $3 ~ /page-faults/ { p = $1 }
+            END { printf " syscalls_per_req=%.2f futex_per_req=%.2f switches_per_req=%.2f faults_per_req=%.3f", s / n, f / n, c / n, p / n }' "$WORKDIR/$name.perf")
     fi
     echo "RESULT target=$name rps=$(field "$res" rps) cpu_us=$(awk -v t=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')$counts"
 }
