@@ -22,6 +22,7 @@ use crate::layer::route::Matched;
 use crate::metrics::{Outcome, Would};
 use crate::route::Route;
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::request::Parts;
 use http::{Request, Response, header};
 use std::sync::Arc;
@@ -62,7 +63,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     E: Service<Request<B>, Response = Response<Body>, Error = Problem> + Clone + Send + 'static,
-    E::Future: Send + Unpin,
+    E::Future: Send,
     S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
@@ -71,7 +72,8 @@ where
 {
     type Response = Response<Body>;
     type Error = Problem;
-    type Future = Either<E::Future>;
+    /// The enforcing stages' own future, or the shadow path's.
+    type Future = Either<E::Future, SendFuture<Result<Response<Body>, Problem>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
         // The shadow path is always ready; the enforcing stages say for themselves.
@@ -80,30 +82,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match req.extensions().get::<Matched>().map(|m| &m.route).filter(|route| route.shadow()).cloned() {
-            Some(route) => Either::Shadow(Box::pin(shadow(self.stage.clone(), route, req))),
+            Some(route) => Either::Right(Box::pin(shadow(self.stage.clone(), route, req))),
             // Ready (polled above) and called in place: an enforcing request, nearly every
             // request, costs no clone of the stages and no second box.
-            None => Either::Enforcing(self.enforcing.call(req)),
-        }
-    }
-}
-
-/// The future of a [`ShadowService`]: the enforcing stages' own, or the shadow path's.
-pub enum Either<F> {
-    Enforcing(F),
-    Shadow(SendFuture<Result<Response<Body>, Problem>>),
-}
-
-impl<F> std::future::Future for Either<F>
-where
-    F: std::future::Future<Output = Result<Response<Body>, Problem>> + Unpin,
-{
-    type Output = Result<Response<Body>, Problem>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Either::Enforcing(f) => std::pin::Pin::new(f).poll(cx),
-            Either::Shadow(f) => f.as_mut().poll(cx),
+            None => Either::Left(self.enforcing.call(req)),
         }
     }
 }

@@ -33,14 +33,11 @@ pub(super) fn run_writer(
         // Without the thread, SQLite's own checkpoints at commit keep the WAL bounded.
         let _ = conn.execute_batch("PRAGMA wal_autocheckpoint=1000;");
     }
-    let mut hot = match Hot::prepare(&conn) {
-        Ok(hot) => Some(hot),
-        Err(e) => {
-            // `open` prepared them once already: only a schema changed underneath gets here.
-            tracing::error!(error = %e, "the store's statements cannot be prepared; every operation fails");
-            None
-        }
-    };
+    // `open` prepared them once already: only a schema changed underneath fails here.
+    let mut hot = Hot::prepare(&conn).map_err(|e| {
+        tracing::error!(error = %e, "the store's statements cannot be prepared; every operation fails");
+        StoreError::Unavailable(format!("the store's statements cannot be prepared: {e}"))
+    });
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -52,12 +49,8 @@ pub(super) fn run_writer(
         }
         let closing = batch.iter().any(|job| matches!(job.op, Op::Close));
         match &mut hot {
-            Some(hot) => run_batch(&conn, hot, &mut batch, &synced, &sync),
-            None => {
-                for job in batch.drain(..) {
-                    job.send(Err(StoreError::Unavailable("the store's statements cannot be prepared".into())));
-                }
-            }
+            Ok(hot) => run_batch(&conn, hot, &mut batch, &synced, &sync),
+            Err(e) => batch.drain(..).for_each(|job| job.send(Err(e.clone()))),
         }
         // A full channel means a checkpoint is already due: the signals coalesce.
         let _ = wrote.try_send(());
