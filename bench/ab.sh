@@ -22,18 +22,11 @@ ROUNDS="${2:-}"
 shift 2 || true
 DURATION="${DURATION:-4s}"
 PORT_BASE="${PORT_BASE:-27000}"
-UP_BIN="$ROOT/target/release/examples/bench_upstream"
-CEIL_BIN="$ROOT/bench/ceiling/target/release/idemgate-ceiling"
-LUA="$ROOT/bench/wrk/webhook.lua"
-UP_ADDR="127.0.0.1:$PORT_BASE"
-TGT_ADDR="127.0.0.1:$((PORT_BASE + 81))"
-ADMIN_ADDR="127.0.0.1:$((PORT_BASE + 1091))"
 
-log() { printf '[ab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
+BENCH_TAG=ab
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+one_target_layout
 [[ "$MODE" =~ ^(new|dup|mix)$ ]] || die "usage: bench/ab.sh new|dup|mix ROUNDS BINARY..."
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 (($# > 0)) || die "name at least one idemgate binary"
@@ -42,8 +35,6 @@ for b in "$UP_BIN" "$CEIL_BIN" "$@"; do [[ -x "$b" ]] || die "missing $b (run be
 WORKDIR="${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/idemgate-ab.XXXXXX")}"
 PIDS=()
 NAMES=()
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
 start_one_target_bench
 
 run() { # name cmd...

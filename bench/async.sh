@@ -62,11 +62,7 @@ SILENT_ADDR="127.0.0.1:$((PORT_BASE + 1))"
 IDG_ADDR="127.0.0.1:$((PORT_BASE + 81))"
 ADMIN_ADDR="127.0.0.1:$((PORT_BASE + 1091))"
 
-log() { printf '[async %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
+BENCH_TAG=async
 # shellcheck source=bench/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 

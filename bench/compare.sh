@@ -58,11 +58,7 @@ IDG_ADDR="127.0.0.1:$((PORT_BASE + 81))"
 CEIL_ADDR="127.0.0.1:$((PORT_BASE + 82))"
 ADMIN_ADDR="127.0.0.1:$((PORT_BASE + 1091))"
 
-log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
+BENCH_TAG=compare
 # shellcheck source=bench/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 

@@ -27,18 +27,11 @@ DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-2}"
 TOP="${TOP:-15}"
 PORT_BASE="${PORT_BASE:-29000}"
-UP_BIN="$ROOT/target/release/examples/bench_upstream"
-CEIL_BIN="$ROOT/bench/ceiling/target/release/idemgate-ceiling"
-LUA="$ROOT/bench/wrk/webhook.lua"
-UP_ADDR="127.0.0.1:$PORT_BASE"
-TGT_ADDR="127.0.0.1:$((PORT_BASE + 81))"
-ADMIN_ADDR="127.0.0.1:$((PORT_BASE + 1091))"
 
-log() { printf '[instructions %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
+BENCH_TAG=instructions
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+one_target_layout
 [[ "$MODE" =~ ^(new|dup|mix)$ ]] || die "usage: bench/instructions.sh new|dup|mix BINARY..."
 (($# > 0)) || die "name at least one idemgate binary"
 [[ "$TOP" =~ ^[0-9]+$ ]] || die "TOP must be a number"
@@ -50,8 +43,6 @@ for b in "$UP_BIN" "$CEIL_BIN" "$@"; do [[ -x "$b" ]] || die "missing $b (run be
 WORKDIR="${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/idemgate-instructions.XXXXXX")}"
 PIDS=()
 NAMES=()
-# shellcheck source=bench/lib.sh
-source "$ROOT/bench/lib.sh"
 start_one_target_bench
 
 run() { # name cmd...

@@ -1,7 +1,26 @@
 # Shared by the bench scripts: process handling, a process's CPU time and memory, and wrk result
 # parsing.
-# Sourced after the caller defines log, die, WORKDIR and the PIDS/NAMES arrays.
+# Sourced after the caller sets BENCH_TAG (its log lines' tag); WORKDIR and the PIDS/NAMES
+# arrays must exist before the process functions run.
 # shellcheck shell=bash
+
+log() { printf '[%s %s] %s\n' "$BENCH_TAG" "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+# The binaries, the wrk script and the addresses of the benches that run one target at a time
+# (ab.sh, instructions.sh, profile.sh), from ROOT and PORT_BASE.
+# shellcheck disable=SC2034 # read by the scripts that call it
+one_target_layout() {
+    UP_BIN="$ROOT/target/release/examples/bench_upstream"
+    CEIL_BIN="$ROOT/bench/ceiling/target/release/idemgate-ceiling"
+    LUA="$ROOT/bench/wrk/webhook.lua"
+    UP_ADDR="127.0.0.1:$PORT_BASE"
+    TGT_ADDR="127.0.0.1:$((PORT_BASE + 81))"
+    ADMIN_ADDR="127.0.0.1:$((PORT_BASE + 1091))"
+}
 
 dur_secs() {
     local d=$1 n

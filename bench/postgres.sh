@@ -41,8 +41,7 @@ UP_ADDR=127.0.0.1:18300
 IDG_ADDR=127.0.0.1:18381
 ADMIN_ADDR=127.0.0.1:19391
 
-log() { printf '[pg-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_TAG=pg-bench
 # shellcheck source=bench/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 

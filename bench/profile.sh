@@ -21,20 +21,11 @@ TARGETS="${TARGETS:-idemgate ceiling}"
 PORT_BASE="${PORT_BASE:-48000}"
 LOG_LEVEL="${IDEMGATE_LOG_LEVEL:-info}"
 IDG_BIN="${BENCH_IDEMGATE_BIN:-$ROOT/target/release/idemgate}"
-UP_BIN="$ROOT/target/release/examples/bench_upstream"
-CEIL_BIN="$ROOT/bench/ceiling/target/release/idemgate-ceiling"
-LUA="$ROOT/bench/wrk/webhook.lua"
-UP_ADDR="127.0.0.1:$PORT_BASE"
-TGT_ADDR="127.0.0.1:$((PORT_BASE + 81))"
-ADMIN_ADDR="127.0.0.1:$((PORT_BASE + 1091))"
 
-log() { printf '[profile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "ERROR: $*"
-    exit 1
-}
+BENCH_TAG=profile
 # shellcheck source=bench/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+one_target_layout
 command -v perf >/dev/null 2>&1 || die "perf is missing: apt-get install -y linux-perf"
 for b in "$UP_BIN" "$IDG_BIN" "$CEIL_BIN"; do [[ -x "$b" ]] || die "missing $b (run bench/compare.sh once, or build it)"; done
 [[ "$MODE" =~ ^(dup|mix|new)$ ]] || die "MODE must be dup, mix or new"

@@ -42,8 +42,7 @@ NGX_ADDR=127.0.0.1:18080
 IDG_ADDR=127.0.0.1:18081
 ADMIN_ADDR=127.0.0.1:19091
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_TAG=bench
 # shellcheck source=bench/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 

@@ -44,8 +44,7 @@ UP_ADDR=127.0.0.1:$BASE
 IDG_ADDR=127.0.0.1:$((BASE + 81))
 ADMIN_ADDR=127.0.0.1:$((BASE + 1091))
 
-log() { printf '[watcher %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_TAG=watcher
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
