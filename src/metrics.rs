@@ -245,8 +245,9 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub swept: Counter,
-    /// Completed records pushed out of memory by the byte bound (not by their ttl).
-    pub cache_evictions: Counter,
+    /// The in-memory tier's entries and bytes, set at each scrape.
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
     pub store_records: Gauge,
     pub store_bytes: Gauge,
     pub store_wal_bytes: Gauge,
@@ -291,7 +292,8 @@ impl Metrics {
         let upstream_seconds = latency_histogram();
         let store_seconds: OpHistogramFamily = Family::new_with_constructor(latency_histogram);
         let inflight_claims = Gauge::default();
-        let (cache_hits, cache_misses, swept, lost_claims, cache_evictions) = Default::default();
+        let (cache_hits, cache_misses, swept, lost_claims) = Default::default();
+        let (cache_entries, cache_bytes): (Gauge, Gauge) = Default::default();
         let (store_records, store_bytes, store_wal_bytes): (Gauge, Gauge, Gauge) = Default::default();
         let lease_expiries = Family::<RouteLabel, Counter>::default();
         let shadow = Family::<ShadowLabels, Counter>::default();
@@ -337,10 +339,11 @@ impl Metrics {
         registry.register("idemgate_cache_misses", "Lookups that went to the store", Counter::clone(&cache_misses));
         registry.register("idemgate_swept_records", "Expired records deleted by the sweeper", Counter::clone(&swept));
         registry.register("idemgate_build_info", "The running idemgate's version", build_info);
+        registry.register("idemgate_cache_entries", "Completed records held in memory", cache_entries.clone());
         registry.register(
-            "idemgate_cache_evictions",
-            "Completed records evicted from memory by the byte bound",
-            Counter::clone(&cache_evictions),
+            "idemgate_cache_bytes",
+            "Bytes of completed records held in memory, as counted against store.cache.max_bytes",
+            cache_bytes.clone(),
         );
         registry.register("idemgate_store_records", "Records in the store (SQLite)", store_records.clone());
         registry.register(
@@ -433,7 +436,8 @@ impl Metrics {
             cache_misses,
             swept,
             lost_claims,
-            cache_evictions,
+            cache_entries,
+            cache_bytes,
             store_records,
             store_bytes,
             store_wal_bytes,

@@ -106,7 +106,7 @@ mod tests {
     async fn records(dir: &tempfile::TempDir) -> Records {
         let store = Arc::new(SqliteStore::open(&dir.path().join("lease.db")).unwrap());
         let metrics = Arc::new(Metrics::new());
-        Records::new(store, CompletedCache::new(1 << 20, metrics.cache_evictions.clone()), metrics)
+        Records::new(store, CompletedCache::new(1 << 20), metrics)
     }
 
     async fn claim(records: &Records, token: u64) -> ClaimOutcome {

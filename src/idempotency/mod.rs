@@ -135,7 +135,7 @@ pub(crate) async fn build_gate(
 ) -> Result<Arc<Gate>, EmbedError> {
     let router = crate::route::Router::from_config(config).map_err(crate::config::ConfigError)?;
     let backend = crate::store::open(&config.store).await?;
-    let cache = CompletedCache::new(config.store.cache.max_bytes.0, metrics.cache_evictions.clone());
+    let cache = CompletedCache::new(config.store.cache.max_bytes.0);
     let records = Records::new(backend, cache, metrics.clone());
     let legacy = crate::scope::LegacyScope::load(&records, crate::store::now_ms()).await?;
     let options = GateOptions {

@@ -14,7 +14,7 @@ mod sqlite;
 mod sweep;
 pub mod tls;
 
-pub use cache::CompletedCache;
+pub use cache::{CacheUsage, CompletedCache};
 pub use postgres::{PostgresStore, PostgresTls, SslMode, UrlError};
 pub use record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
 pub use redis::RedisStore;
@@ -220,6 +220,10 @@ impl Records {
 
     pub fn backend(&self) -> &Arc<dyn Store> {
         &self.backend
+    }
+
+    pub fn cache_usage(&self) -> CacheUsage {
+        self.cache.usage()
     }
 
     /// The completed record of `id` if it is in memory (counted as a cache hit), else `None`

@@ -37,7 +37,7 @@ impl Subject {
             Through::Store => Subject::Store(store),
             Through::Records => {
                 let metrics = Arc::new(Metrics::new());
-                let cache = CompletedCache::new(CACHE_BYTES, metrics.cache_evictions.clone());
+                let cache = CompletedCache::new(CACHE_BYTES);
                 Subject::Records(Records::new(store, cache, metrics.clone()), metrics)
             }
         }

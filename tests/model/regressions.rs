@@ -102,8 +102,7 @@ fn a_replay_from_memory_carries_the_creation_time_a_replay_from_the_store_does()
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("created.db")).unwrap());
         let metrics = Arc::new(Metrics::new());
-        let records =
-            Records::new(store.clone(), CompletedCache::new(1 << 20, metrics.cache_evictions.clone()), metrics);
+        let records = Records::new(store.clone(), CompletedCache::new(1 << 20), metrics);
         let id = RecordId { route: "r".into(), scope: String::new(), key: "k".into() };
         let claimed_at = idemgate::store::now_ms();
         let claim = |token, now_ms| Claim { id: id.clone(), token, fingerprint: None, now_ms, lease_ms: 60_000 };
