@@ -509,8 +509,10 @@ where
     ) -> Result<bool, StoreError> {
         let lease_end_ms = lease.claimed_ms.saturating_add(route.policy.lease.0.as_millis() as i64);
         let mut backoff = COMPLETE_RETRY_FIRST;
+        // Shared by every try and by the cache: one copy for the store, none per try.
+        let completed = Arc::new(completed);
         loop {
-            match lease.complete(completed.clone()).await {
+            match lease.complete(Arc::clone(&completed)).await {
                 Ok(stored) => return Ok(stored),
                 Err(e) if now_ms() + (backoff + COMPLETE_RETRY_MARGIN).as_millis() as i64 >= lease_end_ms => {
                     return Err(e);

@@ -273,8 +273,8 @@ impl Records {
         outcome
     }
 
-    pub async fn complete(&self, id: &RecordId, token: u64, completed: Completed) -> Result<bool, StoreError> {
-        let done = Arc::new(completed);
+    /// `done` is shared with the caller, who may need it again to retry.
+    pub async fn complete(&self, id: &RecordId, token: u64, done: Arc<Completed>) -> Result<bool, StoreError> {
         let deletes = self.deletes.load(Ordering::Acquire);
         let stored = timed(&self.timings.complete, self.backend.complete(id.clone(), token, (*done).clone())).await?;
         if stored {

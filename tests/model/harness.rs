@@ -68,7 +68,7 @@ impl Subject {
     async fn complete(&self, id: &RecordId, token: u64, done: Completed) -> bool {
         match self {
             Subject::Store(store) => store.complete(id.clone(), token, done).await,
-            Subject::Records(records, _) => records.complete(id, token, done).await,
+            Subject::Records(records, _) => records.complete(id, token, Arc::new(done)).await,
         }
         .expect("complete")
     }
