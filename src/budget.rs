@@ -10,16 +10,15 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::Ordering;
 
+/// The bytes held are counted in the `idemgate_buffered_bytes` gauge's own atomic, and only
+/// there: reserving is one compare-and-swap, giving back one subtraction. (A tokio semaphore did
+/// this before, and its release takes a mutex, on every protected request's path.)
 #[derive(Clone)]
 pub struct Budget {
-    /// One permit per byte.
-    bytes: Arc<Semaphore>,
+    held: Gauge,
     limit: usize,
-    /// `idemgate_buffered_bytes`.
-    gauge: Gauge,
     /// `idemgate_buffer_refusals`.
     refusals: Counter,
 }
@@ -33,21 +32,21 @@ pub struct OverBudget {
 
 /// Bytes reserved for one body; given back when dropped.
 pub struct Reservation {
-    budget: Budget,
-    permit: Option<OwnedSemaphorePermit>,
+    held: Gauge,
+    limit: usize,
     bytes: usize,
 }
 
 impl Budget {
-    pub fn new(limit: usize, gauge: Gauge, refusals: Counter) -> Budget {
-        // tokio's semaphore holds at most usize::MAX >> 3 permits: far above any real budget.
-        let limit = limit.min(Semaphore::MAX_PERMITS);
-        Budget { bytes: Arc::new(Semaphore::new(limit)), limit, gauge, refusals }
+    /// `held` is `idemgate_buffered_bytes`.
+    pub fn new(limit: usize, held: Gauge, refusals: Counter) -> Budget {
+        let limit = limit.min(i64::MAX as usize);
+        Budget { held, limit, refusals }
     }
 
     /// An empty reservation, to grow as a body arrives.
     pub fn reservation(&self) -> Reservation {
-        Reservation { budget: self.clone(), permit: None, bytes: 0 }
+        Reservation { held: self.held.clone(), limit: self.limit, bytes: 0 }
     }
 
     /// Counts a request refused for want of budget.
@@ -61,15 +60,15 @@ impl Reservation {
     /// or the caller must not buffer them.
     pub fn grow_to(&mut self, total: usize) -> Result<(), OverBudget> {
         let Some(more) = total.checked_sub(self.bytes).filter(|more| *more > 0) else { return Ok(()) };
-        let over = OverBudget { limit: self.budget.limit };
-        let more_u32 = u32::try_from(more).map_err(|_| over)?;
-        let permit = self.budget.bytes.clone().try_acquire_many_owned(more_u32).map_err(|_| over)?;
-        match &mut self.permit {
-            Some(held) => held.merge(permit),
-            None => self.permit = Some(permit),
-        }
+        let over = OverBudget { limit: self.limit };
+        // At most `limit` (below i64::MAX) is ever held, so neither sum can overflow.
+        let more = i64::try_from(more).map_err(|_| over)?;
+        let limit = self.limit as i64;
+        self.held
+            .inner()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| (more <= limit - held).then_some(held + more))
+            .map_err(|_| over)?;
         self.bytes = total;
-        self.budget.gauge.inc_by(more as i64);
         Ok(())
     }
 
@@ -81,7 +80,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.budget.gauge.dec_by(self.bytes as i64);
+            self.held.dec_by(self.bytes as i64);
         }
     }
 }
@@ -100,12 +99,14 @@ mod tests {
         assert_eq!(a.bytes(), 60, "a reservation never shrinks while held");
         assert_eq!(b.grow_to(41), Err(OverBudget { limit: 100 }));
         b.grow_to(40).unwrap();
-        assert_eq!(budget.gauge.get(), 100);
+        assert_eq!(budget.held.get(), 100);
         drop(a);
-        assert_eq!(budget.gauge.get(), 40);
+        assert_eq!(budget.held.get(), 40);
+        assert_eq!(b.grow_to(101), Err(OverBudget { limit: 100 }));
         b.grow_to(100).unwrap();
         drop(b);
-        assert_eq!(budget.gauge.get(), 0);
-        assert_eq!(budget.bytes.available_permits(), 100);
+        assert_eq!(budget.held.get(), 0);
+        let mut c = budget.reservation();
+        c.grow_to(100).unwrap();
     }
 }
