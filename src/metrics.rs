@@ -3,12 +3,15 @@
 //! Labels are bounded: route names (from the config), outcomes (a fixed set). Never keys, paths
 //! or client addresses.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What happened to a request, as counted in `idemgate_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -481,5 +484,84 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A latency histogram that takes no lock. prometheus-client's `Histogram` takes a mutex for every
+/// observation, and every request observes at least one (its duration; a first-seen key also the
+/// app's and each store operation's), from every worker thread at once. Encoded exactly as
+/// prometheus-client encodes its own (see the test).
+#[derive(Clone, Debug)]
+pub struct Histogram(Arc<Buckets>);
+
+#[derive(Debug)]
+struct Buckets {
+    /// Upper bounds, ascending; the last count, +Inf, has none.
+    bounds: Box<[f64]>,
+    counts: Box<[AtomicU64]>,
+    /// In nanoseconds: an integer sum is one `fetch_add`, where an f64 would take a CAS loop.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Histogram {
+        let bounds: Box<[f64]> = bounds.into_iter().filter(|b| b.is_finite()).collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Histogram(Arc::new(Buckets { bounds, counts, sum_nanos: AtomicU64::new(0) }))
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        let b = &self.0;
+        // The first bucket whose bound is at least `seconds` (`le`); NaN counts in +Inf.
+        let i = if seconds.is_nan() { b.bounds.len() } else { b.bounds.partition_point(|bound| *bound < seconds) };
+        b.counts[i].fetch_add(1, Ordering::Relaxed);
+        // `as` saturates: a negative duration adds 0.
+        b.sum_nanos.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let b = &self.0;
+        let buckets: Vec<(f64, u64)> = (b.bounds.iter().copied().chain(std::iter::once(f64::INFINITY)))
+            .zip(b.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        // The count from the buckets read, so that it always equals the +Inf bucket.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = b.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+
+    fn encoded(name: &str, metric: impl prometheus_client::registry::Metric) -> String {
+        let mut registry = Registry::default();
+        registry.register(name, "help", metric);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn observations_encode_as_prometheus_clients_own_histogram_does() {
+        let ours = latency_histogram();
+        let theirs = prometheus_client::metrics::histogram::Histogram::new(exponential_buckets(0.00005, 2.0, 20));
+        // On a bound, between bounds, below the first, past the last, zero.
+        for seconds in [0.00005, 0.0001, 0.00007, 0.000001, 0.25, 3.0, 1000.0, 0.0] {
+            ours.observe(seconds);
+            theirs.observe(seconds);
+        }
+        assert_eq!(encoded("latency", ours), encoded("latency", theirs));
     }
 }

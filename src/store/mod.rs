@@ -21,8 +21,8 @@ pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
 pub use sweep::spawn_sweeper;
 
+use crate::metrics::Histogram;
 use crate::version::Version;
-use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
