@@ -4,6 +4,8 @@
 # Measures: idle RSS on an empty database; database bytes per stored key (10k and 1M keys, built
 # directly with sqlite3); throughput (cold replay, warm replay, new keys) at 10k vs 1M stored keys;
 # RSS after the 1M runs; the cost of sweeping 1M expired records while serving new keys.
+# With CURVE="N1 N2 ..." (CURVE=1: 0 100000 250000 500000 1000000) it measures only the growth
+# curve instead: first-seen keys per second on a store already holding each N completed keys.
 #
 # Env: DURATION (wrk -d per run, default 5s), QUICK=1 (N=100,000 and 2s runs), SWEEP_DURATION
 #      (wrk -d during the sweep, default 10s), SWEEP_TIMEOUT (s, default 120), CACHE_MAX_MIB
@@ -34,6 +36,8 @@ SWEEP_DURATION="${SWEEP_DURATION:-10s}"
 SWEEP_TIMEOUT="${SWEEP_TIMEOUT:-120}"
 CACHE_MAX_MIB="${CACHE_MAX_MIB:-64}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
+CURVE="${CURVE:-}"
+[[ "$CURVE" == "1" ]] && CURVE="0 100000 250000 500000 1000000"
 KEEP_DB="${KEEP_DB:-0}"
 PORT_BASE="${PORT_BASE:-28000}"
 THREADS=2
@@ -145,6 +149,7 @@ make_db() { # path n expired(0|1)
     rm -f "$db" "$db-wal" "$db-shm"
     start_idemgate "schema-$(basename "$db" .db)" "$db"
     stop_idemgate
+    ((n > 0)) || return 0
     timeout 900 sqlite3 -batch -bail "$db" >/dev/null <<EOF
 PRAGMA synchronous=OFF;
 BEGIN;
@@ -161,7 +166,7 @@ COMMIT;
 PRAGMA wal_checkpoint(TRUNCATE);
 EOF
     local got
-    got=$(sqlite3 -batch "$db" "SELECT count(*) FROM records; PRAGMA journal_mode;" | tr '\n' ' ')
+    got=$(sqlite3 -batch "$db" "SELECT count(*) FROM records WHERE route = 'bench'; PRAGMA journal_mode;" | tr '\n' ' ')
     [[ "$got" == "$n wal " ]] || die "database $db: expected '$n wal', got '$got'"
 }
 
@@ -298,6 +303,36 @@ wait_http upstream "$UP_PID" "http://$UP_ADDR/" 100
 label_of() { # n -> 10k, 1M, 100k ...
     awk -v n="$1" 'BEGIN { if (n >= 1000000 && n % 1000000 == 0) printf "%dM", n / 1000000; else if (n >= 1000 && n % 1000 == 0) printf "%dk", n / 1000; else printf "%d", n }'
 }
+
+# The growth curve: first-seen keys per second with each N completed keys already stored (a
+# fresh process each time, so only the store's size differs), and the ratio to the first N.
+run_curve() {
+    local n label db first="" rows=()
+    for n in $CURVE; do
+        [[ "$n" =~ ^[0-9]+$ ]] || die "CURVE: '$n' is not a number of keys"
+        label="curve-$(label_of "$n")"
+        db="$WORKDIR/$label.db"
+        build_db "$label" "$db" "$n" 0
+        start_idemgate "$label" "$db"
+        run_wrk "$label" new "$DURATION" "$n" "$label"
+        stop_idemgate
+        [[ "$KEEP_DB" == "1" ]] || rm -f "$db" "$db-wal" "$db-shm"
+        first=${first:-${RPS[$label]:-}}
+        rows+=("$(printf '%-12s %10s %8s %8s %8s %12s' "$(label_of "$n")" "${RPS[$label]:--}" \
+            "$(awk -v a="${RPS[$label]:-0}" -v b="${first:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }')" \
+            "${P50[$label]:--}" "${P99[$label]:--}" "$((DBBYTES[$label] / 1048576))")")
+    done
+    {
+        echo "first-seen keys by keys already stored (wrk -t$THREADS -c$CONNS -d$DURATION, cache ${CACHE_MAX_MIB} MiB)"
+        printf '%-12s %10s %8s %8s %8s %12s\n' stored rps vs_first p50_us p99_us db_MiB
+        printf '%s\n' "${rows[@]}"
+    } | tee "$WORKDIR/curve.txt"
+    ((${#PROBLEMS[@]} == 0)) || die "problems: ${PROBLEMS[*]}"
+}
+if [[ -n "$CURVE" ]]; then
+    run_curve
+    exit 0
+fi
 SMALL=$(label_of "$N_SMALL")
 LARGE=$(label_of "$N_LARGE")
 
