@@ -83,7 +83,7 @@ impl LegacyScope {
                         // A century: never swept.
                         expires_ms: now_ms.saturating_add(100 * 365 * 24 * 3600 * 1000),
                     };
-                    records.backend().complete(marker(), token, done).await?;
+                    records.backend().complete(marker(), token, Arc::new(done)).await?;
                     return Ok(LegacyScope { since_ms: now_ms });
                 }
                 // Another replica is writing it now.

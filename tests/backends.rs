@@ -77,9 +77,9 @@ fn claim(b: &Backend, key: &str, token: u64, lease_ms: i64) -> Claim {
     Claim { id: b.id(key), token, fingerprint: Some([3; 32]), now_ms: now_ms(), lease_ms }
 }
 
-fn completed(ttl_ms: i64) -> Completed {
+fn completed(ttl_ms: i64) -> Arc<Completed> {
     let now = now_ms();
-    Completed {
+    Arc::new(Completed {
         fingerprint: Some([3; 32]),
         response: StoredResponse {
             status: 201,
@@ -93,7 +93,7 @@ fn completed(ttl_ms: i64) -> Completed {
         },
         created_ms: now,
         expires_ms: now + ttl_ms,
-    }
+    })
 }
 
 async fn one_owner_among_concurrent_claims(b: &Backend) {

@@ -479,7 +479,7 @@ async fn sweep_removes_expired_finished_events_only(b: &Backend) {
         .claim(Claim { id: record.clone(), token: 9, fingerprint: None, now_ms: T0, lease_ms: LEASE })
         .await
         .unwrap();
-    let done = Completed { fingerprint: None, response: response(), created_ms: T0, expires_ms: T0 + 10 };
+    let done = Arc::new(Completed { fingerprint: None, response: response(), created_ms: T0, expires_ms: T0 + 10 });
     assert!(b.store.complete(record.clone(), 9, done).await.unwrap());
 
     let at = T0 + 100;

@@ -13,8 +13,8 @@ fn claim(key: &str, token: u64) -> Claim {
     Claim { id: id(key), token, fingerprint: Some([7; 32]), now_ms: now_ms(), lease_ms: 60_000 }
 }
 
-fn response() -> Completed {
-    Completed {
+fn response() -> std::sync::Arc<Completed> {
+    std::sync::Arc::new(Completed {
         fingerprint: Some([7; 32]),
         response: StoredResponse {
             status: 201,
@@ -28,7 +28,7 @@ fn response() -> Completed {
         },
         created_ms: now_ms(),
         expires_ms: now_ms() + 60_000,
-    }
+    })
 }
 
 #[tokio::test]

@@ -361,14 +361,14 @@ async fn sweep_deletes_expired_versions(b: &Backend) {
     }
 }
 
-fn completed(created_ms: i64, expires_ms: i64) -> idemgate::store::Completed {
+fn completed(created_ms: i64, expires_ms: i64) -> Arc<idemgate::store::Completed> {
     let response = idemgate::store::StoredResponse {
         status: 200,
         headers: vec![],
         body: bytes::Bytes::new(),
         body_omitted: false,
     };
-    idemgate::store::Completed { fingerprint: None, response, created_ms, expires_ms }
+    Arc::new(idemgate::store::Completed { fingerprint: None, response, created_ms, expires_ms })
 }
 
 /// A stored value that is no version is an error, not an absent version (which would let every

@@ -307,7 +307,12 @@ label_of() { # n -> 10k, 1M, 100k ...
 # The growth curve: first-seen keys per second with each N completed keys already stored (a
 # fresh process each time, so only the store's size differs), and the ratio to the first N.
 run_curve() {
-    local n label db first="" rows=()
+    local n label db first="" out="$WORKDIR/curve.txt" row='%-12s %10s %8s %8s %8s %12s\n'
+    # shellcheck disable=SC2059 # one format for the header and every line: the table's columns
+    {
+        echo "first-seen keys by keys already stored (wrk -t$THREADS -c$CONNS -d$DURATION, cache ${CACHE_MAX_MIB} MiB)"
+        printf "$row" stored rps vs_first p50_us p99_us db_MiB
+    } >"$out"
     for n in $CURVE; do
         [[ "$n" =~ ^[0-9]+$ ]] || die "CURVE: '$n' is not a number of keys"
         label="curve-$(label_of "$n")"
@@ -318,15 +323,12 @@ run_curve() {
         stop_idemgate
         [[ "$KEEP_DB" == "1" ]] || rm -f "$db" "$db-wal" "$db-shm"
         first=${first:-${RPS[$label]:-}}
-        rows+=("$(printf '%-12s %10s %8s %8s %8s %12s' "$(label_of "$n")" "${RPS[$label]:--}" \
+        # shellcheck disable=SC2059
+        printf "$row" "$(label_of "$n")" "${RPS[$label]:--}" \
             "$(awk -v a="${RPS[$label]:-0}" -v b="${first:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }')" \
-            "${P50[$label]:--}" "${P99[$label]:--}" "$((DBBYTES[$label] / 1048576))")")
+            "${P50[$label]:--}" "${P99[$label]:--}" "$((DBBYTES[$label] / 1048576))" >>"$out"
     done
-    {
-        echo "first-seen keys by keys already stored (wrk -t$THREADS -c$CONNS -d$DURATION, cache ${CACHE_MAX_MIB} MiB)"
-        printf '%-12s %10s %8s %8s %8s %12s\n' stored rps vs_first p50_us p99_us db_MiB
-        printf '%s\n' "${rows[@]}"
-    } | tee "$WORKDIR/curve.txt"
+    cat "$out"
     ((${#PROBLEMS[@]} == 0)) || die "problems: ${PROBLEMS[*]}"
 }
 if [[ -n "$CURVE" ]]; then

@@ -75,8 +75,9 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 /// key (inserting it, or taking over a record whose lease or ttl has ended) or reports what holds it.
 pub trait Store: Send + Sync + 'static {
     fn claim(&self, claim: Claim) -> StoreFuture<ClaimOutcome>;
-    /// Stores the response if `token` still owns the key; false if it no longer does.
-    fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool>;
+    /// Stores the response if `token` still owns the key; false if it no longer does. Shared, not
+    /// owned: the caller keeps the same record for the cache and for another try.
+    fn complete(&self, id: RecordId, token: u64, completed: Arc<Completed>) -> StoreFuture<bool>;
     /// Forgets an unfinished claim if `token` still owns it.
     fn release(&self, id: RecordId, token: u64) -> StoreFuture<()>;
     fn get(&self, id: RecordId) -> StoreFuture<Option<Record>>;
@@ -276,7 +277,7 @@ impl Records {
     /// `done` is shared with the caller, who may need it again to retry.
     pub async fn complete(&self, id: &RecordId, token: u64, done: Arc<Completed>) -> Result<bool, StoreError> {
         let deletes = self.deletes.load(Ordering::Acquire);
-        let stored = timed(&self.timings.complete, self.backend.complete(id.clone(), token, (*done).clone())).await?;
+        let stored = timed(&self.timings.complete, self.backend.complete(id.clone(), token, done.clone())).await?;
         if stored {
             self.cache_unless_deleted(id, done, deletes);
         }

@@ -101,8 +101,8 @@ fn token(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// A JSON string; text that needs no escape (every route name, outcome and method, nearly every
-/// key) is copied as it is.
+/// A JSON string of text that may need escapes (a key, an error, a trace id); text that needs
+/// none, nearly every key, is copied as it is.
 fn string(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');

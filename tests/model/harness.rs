@@ -66,9 +66,10 @@ impl Subject {
     }
 
     async fn complete(&self, id: &RecordId, token: u64, done: Completed) -> bool {
+        let done = Arc::new(done);
         match self {
             Subject::Store(store) => store.complete(id.clone(), token, done).await,
-            Subject::Records(records, _) => records.complete(id, token, Arc::new(done)).await,
+            Subject::Records(records, _) => records.complete(id, token, done).await,
         }
         .expect("complete")
     }

@@ -95,6 +95,7 @@ use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, Poo
 use sql::{Db, Failure};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// tokio-postgres' default keepalive idle time; replaced by [`KEEPALIVES_IDLE`] unless the url
@@ -227,7 +228,7 @@ impl Store for PostgresStore {
     fn claim(&self, claim: Claim) -> StoreFuture<ClaimOutcome> {
         self.call(move |db| Box::pin(async move { sql::claim(&db, &claim).await }))
     }
-    fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool> {
+    fn complete(&self, id: RecordId, token: u64, completed: Arc<Completed>) -> StoreFuture<bool> {
         self.call(move |db| Box::pin(async move { sql::complete(&db, &id, token, &completed).await }))
     }
     fn release(&self, id: RecordId, token: u64) -> StoreFuture<()> {

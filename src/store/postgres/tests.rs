@@ -64,8 +64,8 @@ fn response(status: u16) -> StoredResponse {
     StoredResponse { status, headers: vec![], body: Bytes::from_static(b"ok"), body_omitted: false }
 }
 
-fn completed(created_ms: i64, expires_ms: i64, response: StoredResponse) -> Completed {
-    Completed { fingerprint: None, response, created_ms, expires_ms }
+fn completed(created_ms: i64, expires_ms: i64, response: StoredResponse) -> Arc<Completed> {
+    Arc::new(Completed { fingerprint: None, response, created_ms, expires_ms })
 }
 
 /// A schema of its own, dropped with the guard (also when the test fails), and a url whose
@@ -256,7 +256,7 @@ async fn a_completed_record_round_trips_byte_exact() {
         first.fingerprint = fingerprint;
         assert!(matches!(store.claim(first).await.unwrap(), ClaimOutcome::Claimed { .. }));
         let done = Completed { fingerprint, response, created_ms: t0, expires_ms: t0 + 7 * 86_400_000 };
-        assert!(store.complete(key.clone(), token, done.clone()).await.unwrap());
+        assert!(store.complete(key.clone(), token, Arc::new(done.clone())).await.unwrap());
         let replay = store.claim(claim(&key, random(), t0 + 5, LEASE)).await.unwrap();
         match replay {
             ClaimOutcome::Completed(stored) => assert_eq!(*stored, done),

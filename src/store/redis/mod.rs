@@ -320,7 +320,7 @@ impl Store for RedisStore {
         })
     }
 
-    fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool> {
+    fn complete(&self, id: RecordId, token: u64, completed: Arc<Completed>) -> StoreFuture<bool> {
         let key = self.key(&id);
         let conn = self.conn.clone();
         boxed(async move {

@@ -57,9 +57,9 @@ fn odd_fingerprint() -> Fingerprint {
     std::array::from_fn(|i| (i * 37) as u8)
 }
 
-fn completed(ttl_ms: i64, body: Bytes, body_omitted: bool) -> Completed {
+fn completed(ttl_ms: i64, body: Bytes, body_omitted: bool) -> Arc<Completed> {
     let now = now_ms();
-    Completed {
+    Arc::new(Completed {
         fingerprint: Some(odd_fingerprint()),
         response: StoredResponse {
             status: 207,
@@ -74,7 +74,7 @@ fn completed(ttl_ms: i64, body: Bytes, body_omitted: bool) -> Completed {
         },
         created_ms: now,
         expires_ms: now + ttl_ms,
-    }
+    })
 }
 
 impl RedisStore {
@@ -218,9 +218,9 @@ async fn a_completed_record_round_trips_byte_for_byte() {
     let done = Completed {
         created_ms: claimed_at + 7,
         fingerprint: Some(odd_fingerprint()),
-        ..completed(60_000, binary_body(), false)
+        ..Arc::unwrap_or_clone(completed(60_000, binary_body(), false))
     };
-    assert!(store.complete(key.clone(), 11, done.clone()).await.unwrap());
+    assert!(store.complete(key.clone(), 11, Arc::new(done.clone())).await.unwrap());
     match store.claim(claim(&key, 13, None, 60_000)).await.unwrap() {
         ClaimOutcome::Completed(found) => {
             assert_eq!(found.response, done.response, "status, repeated headers in order, binary body");
@@ -238,9 +238,9 @@ async fn a_completed_record_round_trips_byte_for_byte() {
     // An omitted body and no fingerprint round-trip too.
     let key = id("omitted");
     store.claim(claim(&key, 21, None, 60_000)).await.unwrap();
-    let mut done = completed(5_000, Bytes::new(), true);
+    let mut done = Arc::unwrap_or_clone(completed(5_000, Bytes::new(), true));
     done.fingerprint = None;
-    assert!(store.complete(key.clone(), 21, done.clone()).await.unwrap());
+    assert!(store.complete(key.clone(), 21, Arc::new(done.clone())).await.unwrap());
     match store.claim(claim(&key, 22, None, 60_000)).await.unwrap() {
         ClaimOutcome::Completed(found) => {
             assert_eq!(found.response, done.response);

@@ -49,7 +49,7 @@ const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 /// The operations the writer thread performs.
 enum Op {
     Claim(Claim),
-    Complete(RecordId, u64, Completed),
+    Complete(RecordId, u64, Arc<Completed>),
     Release(RecordId, u64),
     Get(RecordId),
     Delete(RecordId),
@@ -177,7 +177,10 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = open_connection(path)
             // Prepared here once, so that a schema they do not fit fails the open, by name.
-            .and_then(|conn| sql::Hot::prepare(&conn).map(drop).map(|()| conn))
+            .and_then(|conn| {
+                sql::Hot::prepare(&conn)?;
+                Ok(conn)
+            })
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         // The connection keeps the WAL file open (and so in place) for as long as the store runs.
         let wal_path = format!("{}-wal", path.display());
@@ -263,7 +266,7 @@ impl Store for SqliteStore {
     fn claim(&self, claim: Claim) -> StoreFuture<ClaimOutcome> {
         expect_outcome!(self.submit(Op::Claim(claim)), Claim)
     }
-    fn complete(&self, id: RecordId, token: u64, completed: Completed) -> StoreFuture<bool> {
+    fn complete(&self, id: RecordId, token: u64, completed: Arc<Completed>) -> StoreFuture<bool> {
         expect_outcome!(self.submit(Op::Complete(id, token, completed)), Flag)
     }
     fn release(&self, id: RecordId, token: u64) -> StoreFuture<()> {
