@@ -8,7 +8,8 @@
 # Each round starts the ceiling, then each binary in turn, each on a fresh database with the
 # default bench config (JSON request logs at info, metrics on, SQLite), warms the hot keys, and
 # runs wrk -t2 -c32 for DURATION (default 4s) in MODE (new | dup | mix). Prints one line per run:
-# RESULT target=... rps=... cpu_us=... (the process's CPU per request).
+# RESULT target=... rps=... cpu_us=... user_us=... (the process's CPU per request, and the user-space
+# part of it: the kernel's TCP work, about half, swings most between runs).
 # With PERF_STAT=1 each line also gives the process's system calls (futex among them), context switches and page faults per request
 # (`perf stat` software events): counts, so far steadier than rps on a shared VM.
 # Env: DURATION, BENCH_DIR, PERF_STAT, PORT_BASE (default 27000: below the ephemeral port range, which an
@@ -37,8 +38,12 @@ PIDS=()
 NAMES=()
 start_one_target_bench
 
+per_req() { # ticks requests: microseconds per request
+    awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
+}
+
 run() { # name cmd...
-    local name=$1 pid before after res n perf_pid="" counts=""
+    local name=$1 pid before after user_before user_after res n perf_pid="" counts=""
     shift
     rm -rf "${WORKDIR:?}/db/"*
     start_bg "$name" "$@"
@@ -50,8 +55,10 @@ run() { # name cmd...
         perf_pid=$!
     fi
     before=$(cpu_ticks "$pid")
+    user_before=$(cpu_ticks "$pid" user)
     res=$(timeout 60 wrk -t2 -c32 -d"$DURATION" -s "$LUA" "http://$TGT_ADDR" -- "$MODE" hot=hot run="ab$$-$RANDOM" 2>&1 | grep '^RESULT' || true)
     after=$(cpu_ticks "$pid")
+    user_after=$(cpu_ticks "$pid" user)
     if [[ -n "$perf_pid" ]]; then
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
@@ -65,7 +72,7 @@ run() { # name cmd...
             $3 ~ /context-switches/ { c = $1 } $3 ~ /page-faults/ { p = $1 }
             END { printf " syscalls_per_req=%.2f futex_per_req=%.2f switches_per_req=%.2f faults_per_req=%.3f", s / n, f / n, c / n, p / n }' "$WORKDIR/$name.perf")
     fi
-    echo "RESULT target=$name rps=$(field "$res" rps) cpu_us=$(awk -v t=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')$counts"
+    echo "RESULT target=$name rps=$(field "$res" rps) cpu_us=$(per_req $((after - before)) "$n") user_us=$(per_req $((user_after - user_before)) "$n")$counts"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do

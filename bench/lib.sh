@@ -77,10 +77,11 @@ wait_http() { # name pid url tries(0.1s each)
 port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 
 # CPU time (utime + stime, clock ticks of $HZ) of a process and its direct children (nginx workers).
-cpu_ticks() {
-    local pid=$1 total=0 p
+cpu_ticks() { # pid [user]: user+system clock ticks of pid and its children, or user only
+    local pid=$1 system=1 total=0 p
+    [[ "${2:-}" == user ]] && system=0
     for p in "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+        total=$((total + $(awk -v s="$system" '{ print $14 + s * $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
     done
     echo "$total"
 }
