@@ -7,6 +7,7 @@
 //! `replay` event, continuing the trace of the client's `traceparent`.
 
 use crate::config::{LogConfig, LogFormat};
+use std::sync::{Arc, Mutex};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -141,51 +142,103 @@ const LOG_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50
 /// buffer stays bounded, and nothing is dropped (a missing request line is worse than a slow one).
 const LOG_BUFFER_MAX: usize = 1 << 20;
 
-/// Log lines on their way to stdout.
+/// Log lines on their way to stdout, in one buffer per thread that logs. A line locks only its
+/// own thread's buffer, which no other thread touches between write-outs: one buffer shared by
+/// every thread was a lock each request took, its bytes moving between cores with every line.
+/// Each thread's lines stay in order; lines of two threads written within one flush interval
+/// may not (each carries its timestamp).
 #[derive(Clone)]
-pub struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct LogBuffer(Arc<Buffers>);
+
+type Lines = Arc<Mutex<Vec<u8>>>;
+
+struct Buffers {
+    /// Every logging thread's buffer. An ended thread's stays until it has been written out.
+    threads: Mutex<Vec<Lines>>,
+    /// Where a write-out gathers the lines; held while they go to stdout, so that two write-outs
+    /// cannot interleave.
+    out: Mutex<Vec<u8>>,
+}
+
+thread_local! {
+    /// This thread's buffer, and the `LogBuffer` it belongs to.
+    static OWN: std::cell::RefCell<Option<(std::sync::Weak<Buffers>, Lines)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl LogBuffer {
     fn start() -> LogBuffer {
-        let buffer = LogBuffer(std::sync::Arc::default());
-        let flusher = std::sync::Arc::downgrade(&buffer.0);
+        let buffer = LogBuffer(Arc::new(Buffers { threads: Mutex::default(), out: Mutex::default() }));
+        let flusher = Arc::downgrade(&buffer.0);
         // Ends with the last handle (the subscriber's, in a process's lifetime: never).
         let _ = std::thread::Builder::new().name("idemgate-log".into()).spawn(move || {
-            while let Some(lines) = flusher.upgrade() {
-                drop(lines);
+            while let Some(buffers) = flusher.upgrade() {
+                drop(buffers);
                 std::thread::sleep(LOG_FLUSH_EVERY);
-                if let Some(lines) = flusher.upgrade() {
-                    LogBuffer(lines).write_out();
+                if let Some(buffers) = flusher.upgrade() {
+                    LogBuffer(buffers).write_out();
                 }
             }
         });
         buffer
     }
 
-    /// Writes every buffered line to stdout, in order.
+    /// Writes every buffered line to stdout, each thread's in order.
     pub fn write_out(&self) {
-        // Held while writing, so that two flushes cannot reorder lines.
-        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if lines.is_empty() {
+        let mut out = lock(&self.0.out);
+        lock(&self.0.threads).retain(|buffer| {
+            let mut lines = lock(buffer);
+            out.extend_from_slice(&lines);
+            lines.clear();
+            if lines.capacity() > LOG_BUFFER_MAX {
+                lines.shrink_to(LOG_BUFFER_MAX);
+            }
+            // The thread's own handle is gone once it has ended; so is the need for its buffer.
+            Arc::strong_count(buffer) > 1
+        });
+        if out.is_empty() {
             return;
         }
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(&lines).and_then(|()| stdout.flush());
-        lines.clear();
-        if lines.capacity() > LOG_BUFFER_MAX {
-            lines.shrink_to(LOG_BUFFER_MAX);
+        let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
+        out.clear();
+        if out.capacity() > LOG_BUFFER_MAX {
+            out.shrink_to(LOG_BUFFER_MAX);
         }
     }
-}
 
-impl LogBuffer {
+    /// A new buffer, for the calling thread.
+    fn register(&self) -> Lines {
+        let lines = Lines::default();
+        lock(&self.0.threads).push(lines.clone());
+        lines
+    }
+
     fn append(&self, bytes: &[u8]) {
-        let full = {
-            let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let append = |lines: &Lines| {
+            let mut lines = lock(lines);
             lines.extend_from_slice(bytes);
             lines.len() > LOG_BUFFER_MAX
         };
+        let full = OWN
+            .try_with(|own| {
+                let mut own = own.borrow_mut();
+                match &*own {
+                    Some((of, lines)) if std::ptr::eq(of.as_ptr(), Arc::as_ptr(&self.0)) => append(lines),
+                    _ => {
+                        let lines = self.register();
+                        let full = append(&lines);
+                        *own = Some((Arc::downgrade(&self.0), lines));
+                        full
+                    }
+                }
+            })
+            // The thread is ending and its own buffer is gone: a buffer for this line alone.
+            .unwrap_or_else(|_| append(&self.register()));
         if full {
             self.write_out();
         }
