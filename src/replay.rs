@@ -7,6 +7,7 @@
 use crate::budget::Reservation;
 use crate::error::{Body, BoxError, Problem};
 use crate::store::StoredResponse;
+use crate::store::detach;
 use crate::upstream::strip_hop_by_hop;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
@@ -120,15 +121,6 @@ where
         *response.headers_mut() = self.headers;
         response
     }
-}
-
-/// A copy of a header that owns its bytes. hyper parses headers as slices of its read buffer; a
-/// stored clone would keep that whole buffer (kilobytes) alive for as long as the record is cached.
-fn detach(name: &HeaderName, value: &HeaderValue) -> (HeaderName, HeaderValue) {
-    let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
-    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-    copy.set_sensitive(value.is_sensitive());
-    (name, copy)
 }
 
 /// Marks a replay. A constant: a name given as `&str` is copied into a new allocation on every

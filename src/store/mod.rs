@@ -16,7 +16,7 @@ pub mod tls;
 
 pub use cache::{CacheUsage, CompletedCache};
 pub use postgres::{PostgresStore, PostgresTls, SslMode, UrlError};
-pub use record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse};
+pub use record::{Claim, ClaimOutcome, Completed, Record, RecordId, State, StoredResponse, detach};
 pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
 pub use sweep::spawn_sweeper;

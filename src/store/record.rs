@@ -88,6 +88,25 @@ impl StoredResponse {
 
     /// The least an entry weighs in the cache.
     pub const PER_ENTRY: usize = 1024;
+
+    /// A copy that shares no bytes with this one: its headers and body are allocations of its own.
+    pub fn detached(&self) -> StoredResponse {
+        StoredResponse {
+            status: self.status,
+            headers: self.headers.iter().map(|(n, v)| detach(n, v)).collect(),
+            body: Bytes::copy_from_slice(&self.body),
+            body_omitted: self.body_omitted,
+        }
+    }
+}
+
+/// A copy of a header that owns its bytes. hyper parses headers as slices of its read buffer; a
+/// stored clone would keep that whole buffer (kilobytes) alive for as long as the record is cached.
+pub fn detach(name: &HeaderName, value: &HeaderValue) -> (HeaderName, HeaderValue) {
+    let name = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    (name, copy)
 }
 
 /// Headers as [`StoredResponse::encode_headers`] writes them; stored requests use it too.
