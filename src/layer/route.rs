@@ -24,6 +24,8 @@ pub struct RouteService<P, U> {
     gate: Arc<Gate>,
     protected: P,
     passthrough: Arc<U>,
+    /// What the protected stages' `poll_ready` failed with, for the next matched request.
+    unready: Option<Problem>,
 }
 
 impl<P: Clone, U> Clone for RouteService<P, U> {
@@ -32,6 +34,7 @@ impl<P: Clone, U> Clone for RouteService<P, U> {
             gate: self.gate.clone(),
             protected: self.protected.clone(),
             passthrough: self.passthrough.clone(),
+            unready: None,
         }
     }
 }
@@ -57,7 +60,7 @@ impl<U> RouteLayer<U> {
 impl<P, U> Layer<P> for RouteLayer<U> {
     type Service = RouteService<P, U>;
     fn layer(&self, protected: P) -> RouteService<P, U> {
-        RouteService { gate: self.gate.clone(), protected, passthrough: self.passthrough.clone() }
+        RouteService { gate: self.gate.clone(), protected, passthrough: self.passthrough.clone(), unready: None }
     }
 }
 
@@ -66,7 +69,8 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     P: Service<Request<B>, Response = Response<Body>, Error = Problem> + Clone + Send + 'static,
-    P::Future: Send,
+    // The stages box their own future (see `BodyService`), so it is `Unpin`.
+    P::Future: Send + Unpin + 'static,
     U: Service<Request<Body>, Response = Response<UB>> + Clone + Send + 'static,
     U::Error: Into<BoxError>,
     U::Future: Send,
@@ -75,43 +79,78 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = RouteFuture<P::Future>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Each request takes clones of both services and waits for their readiness itself.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The protected stages are called in place (see `call`), so they must be ready; a
+        // pass-through takes a clone of its service and waits for that itself.
+        self.protected.poll_ready(cx).map(|ready| {
+            self.unready = ready.err();
+            Ok(())
+        })
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let routes = self.gate.routes();
         let facts = Facts::new(routes.clone(), &req);
-        // The pass-through's future is made and boxed here, where its service's bounds are in
-        // scope; a matched request's is made and awaited in place (one allocation fewer).
-        let branch = match route(&routes.router, &req) {
-            Err(problem) => Branch::Answered(problem),
-            Ok(RouteMatch::Unmatched) if routes.router.rejects_unmatched() => Branch::Answered(Problem::NoRoute),
+        let routed = match route(&routes.router, &req) {
+            Err(problem) => Routed::Answered(Some(problem)),
+            Ok(RouteMatch::Unmatched) if routes.router.rejects_unmatched() => Routed::Answered(Some(Problem::NoRoute)),
             Ok(RouteMatch::Unmatched) => {
                 let mut req = req.map(crate::replay::boxed);
                 routes.strip_forged_keys(req.headers_mut());
-                Branch::Passed(pass_through(U::clone(&self.passthrough), req, self.gate.upstream_timeout))
+                Routed::Passed(pass_through(U::clone(&self.passthrough), req, self.gate.upstream_timeout))
             }
             Ok(RouteMatch::Matched(route)) => {
                 facts.route(&route.name, route.index);
-                Branch::Protected(self.protected.clone(), route, req)
+                match (admit(req, route, facts.clone()), self.unready.take()) {
+                    (Err(problem), _) | (Ok(_), Some(problem)) => Routed::Answered(Some(problem)),
+                    // Called in place: no clone of the stages (each holds shared handles, whose
+                    // counts every request would raise and lower from every worker) and no
+                    // `oneshot` state around them.
+                    (Ok(req), None) => Routed::Protected(self.protected.call(req)),
+                }
             }
         };
-        Box::pin(async move {
-            let answer = match branch {
-                Branch::Answered(problem) => Err(problem),
-                Branch::Passed(answer) => answer.await,
-                // Made here, not above: a future moved out of an enum to be awaited takes its
-                // room twice in this one.
-                Branch::Protected(protected, route, req) => protect(protected, route, facts.clone(), req).await,
-            };
-            let mut response = answer.unwrap_or_else(Problem::into_response);
+        RouteFuture { routed, facts: Some(facts) }
+    }
+}
+
+/// A routed request's answer: every [`Problem`] becomes its answer here, and the facts go into
+/// the response's extensions for the report. Named, not an `async` block: that was a box per
+/// request.
+pub struct RouteFuture<F> {
+    routed: Routed<F>,
+    facts: Option<Facts>,
+}
+
+/// Where a request went: `F` is the protected stages' future.
+enum Routed<F> {
+    Answered(Option<Problem>),
+    Passed(Answer),
+    Protected(F),
+}
+
+impl<F> Future for RouteFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Problem>> + Unpin,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let answer = match &mut this.routed {
+            Routed::Answered(problem) => {
+                Err(problem.take().unwrap_or_else(|| Problem::Internal("a routed request was polled again".into())))
+            }
+            Routed::Passed(answer) => std::task::ready!(answer.as_mut().poll(cx)),
+            Routed::Protected(answer) => std::task::ready!(Pin::new(answer).poll(cx)),
+        };
+        let mut response = answer.unwrap_or_else(Problem::into_response);
+        if let Some(facts) = this.facts.take() {
             response.extensions_mut().insert(facts);
-            Ok(response)
-        })
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -137,13 +176,6 @@ impl Matched {
     pub fn take_reserved(extensions: &mut http::Extensions) -> Option<Arc<crate::budget::Reservation>> {
         extensions.get_mut::<Matched>().and_then(|m| m.reserved.take())
     }
-}
-
-/// Where a request goes.
-enum Branch<P, B> {
-    Answered(Problem),
-    Passed(Answer),
-    Protected(P, Arc<Route>, Request<B>),
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Problem>> + Send>>;
@@ -184,22 +216,15 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), Problem> {
     Ok(())
 }
 
-/// A matched route: the protected stages, with the route and the facts in the extensions.
-async fn protect<B, P>(
-    protected: P,
-    route: Arc<Route>,
-    facts: Facts,
-    mut req: Request<B>,
-) -> Result<Response<Body>, Problem>
-where
-    P: Service<Request<B>, Response = Response<Body>, Error = Problem>,
-{
+/// A matched route's request, made ready for the protected stages: the route and the facts in
+/// its extensions.
+fn admit<B>(mut req: Request<B>, route: Arc<Route>, facts: Facts) -> Result<Request<B>, Problem> {
     // A tunnel would carry requests idemgate never sees, past the route's protection.
     if req.headers().contains_key(header::UPGRADE) || req.method() == http::Method::CONNECT {
         return Err(Problem::UpgradeRefused);
     }
     req.extensions_mut().insert(Matched { route, facts, reserved: None });
-    protected.oneshot(req).await
+    Ok(req)
 }
 
 /// No route matched: the request goes to the app as it is, streamed both ways.
