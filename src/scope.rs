@@ -15,7 +15,7 @@
 //! (anonymous) client's, and never replays to a credentialed one.
 
 use crate::store::{Claim, ClaimOutcome, Completed, RecordId, Records, StoreError, StoredResponse};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -25,19 +25,19 @@ pub const SHARED: &str = "";
 
 /// The scope of a request on a credential-scoped route.
 pub fn of_credentials(headers: &HeaderMap) -> String {
+    const CREDENTIALS: [(u8, HeaderName); 2] = [(b'a', http::header::AUTHORIZATION), (b'c', http::header::COOKIE)];
+    // Most webhooks carry neither: they are answered without a digest begun and dropped.
+    if !CREDENTIALS.iter().any(|(_, name)| headers.contains_key(name)) {
+        return SHARED.to_string();
+    }
     let mut digest = Sha256::new();
-    let mut any = false;
-    for (tag, name) in [(b'a', http::header::AUTHORIZATION), (b'c', http::header::COOKIE)] {
+    for (tag, name) in CREDENTIALS {
         for value in headers.get_all(name) {
-            any = true;
             // Tagged and length-prefixed, so no two header sets share an encoding.
             digest.update([tag]);
             digest.update((value.len() as u64).to_be_bytes());
             digest.update(value.as_bytes());
         }
-    }
-    if !any {
-        return SHARED.to_string();
     }
     // Prefixed, so it can never equal an explicit scope's digest of the same bytes.
     format!("c1:{}", crate::gate::hex(&digest.finalize()))
