@@ -25,9 +25,23 @@ const POLL_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Default)]
 pub struct Waiters {
-    keys: Arc<Mutex<HashMap<RecordId, Entry>>>,
-    /// `idemgate_wait_keys`: the map's size.
+    keys: Arc<Shards>,
+    /// `idemgate_wait_keys`: the entries of every shard.
     gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Every first-seen request takes its key's shard twice (hold, then the guard's drop), from
+/// every worker: one map behind one lock was a lock all of them took.
+const SHARDS: usize = 16;
+
+/// foldhash, seeded per process: keys come from requests, and SipHash cost a first-seen request
+/// 1.5k instructions here (`bench/instructions.sh new`).
+type Keys = HashMap<RecordId, Entry, foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct Shards {
+    hasher: foldhash::fast::RandomState,
+    shards: [Mutex<Keys>; SHARDS],
 }
 
 struct Entry {
@@ -79,7 +93,7 @@ impl Waiters {
 
     pub fn subscribe(&self, id: &RecordId) -> Subscription {
         let notify = {
-            let mut keys = self.lock();
+            let mut keys = self.lock(id);
             let entry = self.entry(&mut keys, id);
             entry.waiting += 1;
             entry.notify.clone()
@@ -91,7 +105,7 @@ impl Waiters {
 
     /// Marks the key as held by this process until the guard drops.
     pub fn hold(&self, id: &RecordId) -> Held {
-        let mut keys = self.lock();
+        let mut keys = self.lock(id);
         let entry = self.entry(&mut keys, id);
         entry.held += 1;
         Held { waiters: self.clone(), id: id.clone(), notify: entry.notify.clone() }
@@ -122,7 +136,7 @@ impl Waiters {
 
     /// Keys with a holder or a waiter now: 0 when nothing is in flight (the leak check).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.keys.shards.iter().map(|shard| lock(shard).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,12 +144,12 @@ impl Waiters {
     }
 
     fn held_here(&self, id: &RecordId) -> bool {
-        self.lock().get(id).is_some_and(|e| e.held > 0)
+        self.lock(id).get(id).is_some_and(|e| e.held > 0)
     }
 
     /// Updates the key's entry and removes it once nobody holds or waits for it.
     fn leave(&self, id: &RecordId, notify: &Arc<Notify>, change: impl FnOnce(&mut Entry)) {
-        let mut keys = self.lock();
+        let mut keys = self.lock(id);
         let Some(entry) = keys.get_mut(id) else { return };
         // An entry made anew after this guard's was removed is not this guard's to change.
         if !Arc::ptr_eq(&entry.notify, notify) {
@@ -144,20 +158,28 @@ impl Waiters {
         change(entry);
         if entry.held == 0 && entry.waiting == 0 {
             keys.remove(id);
-            self.gauge.set(keys.len() as i64);
+            self.gauge.dec();
         }
     }
 
-    fn entry<'m>(&self, keys: &'m mut HashMap<RecordId, Entry>, id: &RecordId) -> &'m mut Entry {
+    fn entry<'m>(&self, keys: &'m mut Keys, id: &RecordId) -> &'m mut Entry {
+        // Looked up before it is cloned: a key already held or waited for costs no copy.
         if !keys.contains_key(id) {
-            self.gauge.set(keys.len() as i64 + 1);
+            self.gauge.inc();
+            keys.insert(id.clone(), Entry::new());
         }
-        keys.entry(id.clone()).or_insert_with(Entry::new)
+        keys.get_mut(id).expect("inserted above")
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<RecordId, Entry>> {
-        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The shard of `id`'s key.
+    fn lock(&self, id: &RecordId) -> MutexGuard<'_, Keys> {
+        use std::hash::BuildHasher;
+        lock(&self.keys.shards[self.keys.hasher.hash_one(id) as usize % SHARDS])
     }
+}
+
+fn lock(shard: &Mutex<Keys>) -> MutexGuard<'_, Keys> {
+    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Entry {
