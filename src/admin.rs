@@ -56,10 +56,6 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Body> {
-        // Read now rather than counted per insert and eviction (see `CompletedCache::new`).
-        let usage = self.gate.records.cache_usage();
-        self.metrics.cache_entries.set(usage.entries.try_into().unwrap_or(i64::MAX));
-        self.metrics.cache_bytes.set(usage.bytes.try_into().unwrap_or(i64::MAX));
         let mut response = Response::new(full(Bytes::from(self.metrics.encode())));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

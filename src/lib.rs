@@ -66,3 +66,10 @@ pub mod version;
 pub mod waiters;
 
 pub use idempotency::IdempotencyLayer;
+
+/// A mutex's guard, even if a thread panicked while it held it: a panic is answered where it
+/// happened (500), and the data behind every mutex here stays whole between statements, so
+/// refusing it would fail every later request for nothing.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -3,10 +3,11 @@
 //! Labels are bounded: route names (from the config), outcomes (a fixed set). Never keys, paths
 //! or client addresses.
 
+use crate::store::CompletedCache;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
@@ -248,9 +249,8 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub swept: Counter,
-    /// The in-memory tier's entries and bytes, set at each scrape.
-    pub cache_entries: Gauge,
-    pub cache_bytes: Gauge,
+    /// The in-memory tier's entries and bytes, read from it at each scrape.
+    cache: Arc<CacheGauges>,
     pub store_records: Gauge,
     pub store_bytes: Gauge,
     pub store_wal_bytes: Gauge,
@@ -296,7 +296,7 @@ impl Metrics {
         let store_seconds: OpHistogramFamily = Family::new_with_constructor(latency_histogram);
         let inflight_claims = Gauge::default();
         let (cache_hits, cache_misses, swept, lost_claims) = Default::default();
-        let (cache_entries, cache_bytes): (Gauge, Gauge) = Default::default();
+        let cache = Arc::new(CacheGauges::default());
         let (store_records, store_bytes, store_wal_bytes): (Gauge, Gauge, Gauge) = Default::default();
         let lease_expiries = Family::<RouteLabel, Counter>::default();
         let shadow = Family::<ShadowLabels, Counter>::default();
@@ -342,12 +342,7 @@ impl Metrics {
         registry.register("idemgate_cache_misses", "Lookups that went to the store", Counter::clone(&cache_misses));
         registry.register("idemgate_swept_records", "Expired records deleted by the sweeper", Counter::clone(&swept));
         registry.register("idemgate_build_info", "The running idemgate's version", build_info);
-        registry.register("idemgate_cache_entries", "Completed records held in memory", cache_entries.clone());
-        registry.register(
-            "idemgate_cache_bytes",
-            "Bytes of completed records held in memory, as counted against store.cache.max_bytes",
-            cache_bytes.clone(),
-        );
+        registry.register_collector(Box::new(cache.clone()));
         registry.register("idemgate_store_records", "Records in the store (SQLite)", store_records.clone());
         registry.register(
             "idemgate_store_bytes",
@@ -439,8 +434,7 @@ impl Metrics {
             cache_misses,
             swept,
             lost_claims,
-            cache_entries,
-            cache_bytes,
+            cache,
             store_records,
             store_bytes,
             store_wal_bytes,
@@ -460,6 +454,11 @@ impl Metrics {
             lease_expiries: self.lease_expiries.get_or_create_owned(&RouteLabel { route: route.to_string() }),
             would: shadow.then(|| Would::ALL.map(would)),
         }
+    }
+
+    /// The cache whose entries and bytes every scrape reports (0 until there is one).
+    pub fn watch_cache(&self, cache: CompletedCache) {
+        let _ = self.cache.0.set(cache);
     }
 
     /// An async route's queue series, created at 0.
@@ -484,6 +483,36 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// `idemgate_cache_entries` and `idemgate_cache_bytes`, read from the cache when scraped: counting
+/// them per insert and eviction took an eviction listener, and with it a lock per key in moka.
+#[derive(Default)]
+struct CacheGauges(std::sync::OnceLock<CompletedCache>);
+
+/// The `Collector` trait asks for it; the cache has nothing to show here.
+impl std::fmt::Debug for CacheGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheGauges")
+    }
+}
+
+impl prometheus_client::collector::Collector for CacheGauges {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let usage = self.0.get().map(CompletedCache::usage).unwrap_or_default();
+        for (name, help, value) in [
+            ("idemgate_cache_entries", "Completed records held in memory", usage.entries),
+            (
+                "idemgate_cache_bytes",
+                "Bytes of completed records held in memory, as counted against store.cache.max_bytes",
+                usage.bytes,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 

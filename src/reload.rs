@@ -82,7 +82,7 @@ impl Reloader {
         // Read once: the digest and the config are of the same bytes.
         // Held from the read to the swap: two reloads close together (a SIGHUP beside a file
         // event) apply one after the other, so the file read last is the config that serves.
-        let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = crate::lock(&self.last_seen);
         let text = config::read(&self.path);
         let digest = text.as_deref().ok().map(digest);
         if trigger == Trigger::FileChanged && digest.is_some() && *last == digest {

@@ -199,7 +199,7 @@ impl ConnectionService {
         self.clock.serving();
         req.extensions_mut().insert(ClientAddr(self.peer));
         let call = {
-            let mut proxy = self.proxy.lock().unwrap_or_else(|e| e.into_inner());
+            let mut proxy = crate::lock(&self.proxy);
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             match proxy.poll_ready(&mut cx) {
                 std::task::Poll::Ready(Ok(())) => proxy.call(req),

@@ -7,6 +7,7 @@
 //! `replay` event, continuing the trace of the client's `traceparent`.
 
 use crate::config::{LogConfig, LogFormat};
+use crate::lock;
 use std::sync::{Arc, Mutex};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
@@ -165,8 +166,11 @@ thread_local! {
     static OWN: std::cell::RefCell<Option<(std::sync::Weak<Buffers>, Lines)>> = const { std::cell::RefCell::new(None) };
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+/// Empties a buffer that was written out, keeping at most `LOG_BUFFER_MAX` of its room: a burst
+/// of lines does not hold its memory for good.
+fn empty(buffer: &mut Vec<u8>) {
+    buffer.clear();
+    buffer.shrink_to(LOG_BUFFER_MAX);
 }
 
 impl LogBuffer {
@@ -192,10 +196,7 @@ impl LogBuffer {
         lock(&self.0.threads).retain(|buffer| {
             let mut lines = lock(buffer);
             out.extend_from_slice(&lines);
-            lines.clear();
-            if lines.capacity() > LOG_BUFFER_MAX {
-                lines.shrink_to(LOG_BUFFER_MAX);
-            }
+            empty(&mut lines);
             // The thread's own handle is gone once it has ended; so is the need for its buffer.
             Arc::strong_count(buffer) > 1
         });
@@ -205,10 +206,7 @@ impl LogBuffer {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
-        out.clear();
-        if out.capacity() > LOG_BUFFER_MAX {
-            out.shrink_to(LOG_BUFFER_MAX);
-        }
+        empty(&mut out);
     }
 
     /// A new buffer, for the calling thread.

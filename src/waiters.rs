@@ -136,7 +136,7 @@ impl Waiters {
 
     /// Keys with a holder or a waiter now: 0 when nothing is in flight (the leak check).
     pub fn len(&self) -> usize {
-        self.keys.shards.iter().map(|shard| lock(shard).len()).sum()
+        self.keys.shards.iter().map(|shard| crate::lock(shard).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -174,12 +174,8 @@ impl Waiters {
     /// The shard of `id`'s key.
     fn lock(&self, id: &RecordId) -> MutexGuard<'_, Keys> {
         use std::hash::BuildHasher;
-        lock(&self.keys.shards[self.keys.hasher.hash_one(id) as usize % SHARDS])
+        crate::lock(&self.keys.shards[self.keys.hasher.hash_one(id) as usize % SHARDS])
     }
-}
-
-fn lock(shard: &Mutex<Keys>) -> MutexGuard<'_, Keys> {
-    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Entry {

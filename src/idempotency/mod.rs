@@ -136,6 +136,7 @@ pub(crate) async fn build_gate(
     let router = crate::route::Router::from_config(config).map_err(crate::config::ConfigError)?;
     let backend = crate::store::open(&config.store).await?;
     let cache = CompletedCache::new(config.store.cache.max_bytes.0);
+    metrics.watch_cache(cache.clone());
     let records = Records::new(backend, cache, metrics.clone());
     let legacy = crate::scope::LegacyScope::load(&records, crate::store::now_ms()).await?;
     let options = GateOptions {

@@ -52,7 +52,7 @@ impl Facts {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Fact) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut crate::lock(&self.0))
     }
 
     pub fn route(&self, name: &Arc<str>, index: usize) {
@@ -130,7 +130,7 @@ impl<B> OnResponse<B> for Report {
             return;
         };
         // Read in place: every stage is done with the facts once the response head leaves.
-        let fact = facts.0.lock().unwrap_or_else(|e| e.into_inner());
+        let fact = crate::lock(&facts.0);
         let outcome = problem.map_or(fact.outcome, |p| p.outcome);
         let metrics = fact.routes.metrics(fact.route_index);
         metrics.record(outcome, latency.as_secs_f64());

@@ -89,7 +89,7 @@ impl CompletedCache {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheUsage {
     pub entries: u64,
     pub bytes: u64,

@@ -223,10 +223,6 @@ impl Records {
         &self.backend
     }
 
-    pub fn cache_usage(&self) -> CacheUsage {
-        self.cache.usage()
-    }
-
     /// The completed record of `id` if it is in memory (counted as a cache hit), else `None`
     /// (not counted: a claim follows and counts the miss).
     pub fn cached(&self, id: &RecordId, now_ms: i64) -> Option<Arc<Completed>> {

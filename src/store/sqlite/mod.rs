@@ -175,13 +175,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating the file and its folder if missing) and migrates the database.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = open_connection(path)
-            // Prepared here once, so that a schema they do not fit fails the open, by name.
-            .and_then(|conn| {
-                sql::Hot::prepare(&conn)?;
-                Ok(conn)
-            })
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let conn = open_connection(path).map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         // The connection keeps the WAL file open (and so in place) for as long as the store runs.
         let wal_path = format!("{}-wal", path.display());
         let wal = std::fs::File::open(&wal_path).map_err(|e| StoreError::Unavailable(format!("{wal_path}: {e}")))?;
@@ -193,10 +187,16 @@ impl SqliteStore {
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let sync = Arc::new(SyncState::default());
         let writer_sync = sync.clone();
+        let (prepared, ready) = std::sync::mpsc::sync_channel(1);
         let writer = std::thread::Builder::new()
             .name("idemgate-sqlite".into())
-            .spawn(move || writer::run_writer(conn, wal, checkpoints, rx, writer_sync))
+            .spawn(move || writer::run_writer(conn, wal, checkpoints, rx, writer_sync, prepared))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        // The writer prepares its statements first: a schema they do not fit fails the open, by path.
+        ready
+            .recv()
+            .unwrap_or_else(|_| Err("the writer thread ended before it was ready".into()))
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         Ok(SqliteStore {
             jobs,
             writer: Arc::new(std::sync::Mutex::new(Some(writer))),
@@ -359,7 +359,7 @@ impl Store for SqliteStore {
         }
         Box::pin(async move {
             let found = tokio::task::spawn_blocking(move || {
-                let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+                let conn = crate::lock(&reader);
                 sql::completed(&conn, &id)
             });
             match found.await {

@@ -20,7 +20,18 @@ pub(super) fn run_writer(
     checkpoints: Connection,
     mut rx: mpsc::Receiver<Job>,
     sync: Arc<SyncState>,
+    prepared: std::sync::mpsc::SyncSender<Result<(), String>>,
 ) {
+    // Prepared once, on the thread that runs them (a statement borrows its connection), before
+    // anything else starts; `open` waits for the answer.
+    let mut hot = match Hot::prepare(&conn) {
+        Ok(hot) => hot,
+        Err(e) => {
+            let _ = prepared.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let _ = prepared.send(Ok(()));
     let (synced, pending) = std::sync::mpsc::channel();
     let syncer_state = sync.clone();
     let syncer = std::thread::Builder::new()
@@ -33,11 +44,6 @@ pub(super) fn run_writer(
         // Without the thread, SQLite's own checkpoints at commit keep the WAL bounded.
         let _ = conn.execute_batch("PRAGMA wal_autocheckpoint=1000;");
     }
-    // `open` prepared them once already: only a schema changed underneath fails here.
-    let mut hot = Hot::prepare(&conn).map_err(|e| {
-        tracing::error!(error = %e, "the store's statements cannot be prepared; every operation fails");
-        StoreError::Unavailable(format!("the store's statements cannot be prepared: {e}"))
-    });
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -48,10 +54,7 @@ pub(super) fn run_writer(
             }
         }
         let closing = batch.iter().any(|job| matches!(job.op, Op::Close));
-        match &mut hot {
-            Ok(hot) => run_batch(&conn, hot, &mut batch, &synced, &sync),
-            Err(e) => batch.drain(..).for_each(|job| job.send(Err(e.clone()))),
-        }
+        run_batch(&conn, &mut hot, &mut batch, &synced, &sync);
         // A full channel means a checkpoint is already due: the signals coalesce.
         let _ = wrote.try_send(());
         if closing {
