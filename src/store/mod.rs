@@ -184,8 +184,13 @@ pub struct StoreStats {
 }
 
 /// The store as the pipeline sees it: cache first for completed keys, backend for the rest.
+/// Clones share one allocation: every first-seen request's lease holds a clone, and one reference
+/// count is all it touches (a clone of the fields was nine counts, each shared by both worker
+/// threads, moved between their caches twice per request).
 #[derive(Clone)]
-pub struct Records {
+pub struct Records(Arc<Shared>);
+
+struct Shared {
     backend: Arc<dyn Store>,
     cache: CompletedCache,
     metrics: Arc<crate::metrics::Metrics>,
@@ -193,7 +198,7 @@ pub struct Records {
     /// Counts deletes. A claim or completion that read a record before a delete and would cache it
     /// after must not: the delete would be undone in memory. Deletes are rare (the admin API), so
     /// one counter for all keys costs only a cache miss now and then.
-    deletes: Arc<AtomicU64>,
+    deletes: AtomicU64,
 }
 
 /// Each operation's latency histogram, resolved once.
@@ -216,18 +221,18 @@ impl Records {
             get: op("get"),
             delete: op("delete"),
         };
-        Records { backend, cache, metrics, timings, deletes: Arc::default() }
+        Records(Arc::new(Shared { backend, cache, metrics, timings, deletes: AtomicU64::new(0) }))
     }
 
     pub fn backend(&self) -> &Arc<dyn Store> {
-        &self.backend
+        &self.0.backend
     }
 
     /// The completed record of `id` if it is in memory (counted as a cache hit), else `None`
     /// (not counted: a claim follows and counts the miss).
     pub fn cached(&self, id: &RecordId, now_ms: i64) -> Option<Arc<Completed>> {
-        let hit = self.cache.get(id, now_ms)?;
-        self.metrics.cache_hits.inc();
+        let hit = self.0.cache.get(id, now_ms)?;
+        self.0.metrics.cache_hits.inc();
         Some(hit)
     }
 
@@ -241,18 +246,18 @@ impl Records {
 
     /// A claim in the backend, for a key [`Records::cached`] just did not find in memory.
     pub async fn claim_in_store(&self, claim: Claim) -> Result<ClaimOutcome, StoreError> {
-        self.metrics.cache_misses.inc();
+        self.0.metrics.cache_misses.inc();
         let id = claim.id.clone();
-        let deletes = self.deletes.load(Ordering::Acquire);
+        let deletes = self.0.deletes.load(Ordering::Acquire);
         let now_ms = claim.now_ms;
-        let claimed = timed(&self.timings.claim, self.backend.claim(claim));
+        let claimed = timed(&self.0.timings.claim, self.0.backend.claim(claim));
         tokio::pin!(claimed);
-        if !self.backend.can_lookup() {
+        if !self.0.backend.can_lookup() {
             return Ok(self.cache_completed(&id, claimed.await?, deletes));
         }
         let outcome = tokio::select! {
             outcome = &mut claimed => outcome?,
-            () = tokio::time::sleep(LOOKUP_AFTER) => match self.backend.lookup(id.clone()).await {
+            () = tokio::time::sleep(LOOKUP_AFTER) => match self.0.backend.lookup(id.clone()).await {
                 // Safe to stop waiting: a claim of a completed key changes nothing, whenever the
                 // writer gets to it.
                 Ok(Some(done)) if done.expires_ms > now_ms => ClaimOutcome::Completed(done),
@@ -272,8 +277,8 @@ impl Records {
 
     /// `done` is shared with the caller, who may need it again to retry.
     pub async fn complete(&self, id: &RecordId, token: u64, done: Arc<Completed>) -> Result<bool, StoreError> {
-        let deletes = self.deletes.load(Ordering::Acquire);
-        let stored = timed(&self.timings.complete, self.backend.complete(id.clone(), token, done.clone())).await?;
+        let deletes = self.0.deletes.load(Ordering::Acquire);
+        let stored = timed(&self.0.timings.complete, self.0.backend.complete(id.clone(), token, done.clone())).await?;
         if stored {
             self.cache_unless_deleted(id, done, deletes);
         }
@@ -284,57 +289,57 @@ impl Records {
     /// have run since. Checked again after the insert: a delete whose cache removal ran between
     /// the first check and the insert has counted by then, and the entry is taken out again.
     fn cache_unless_deleted(&self, id: &RecordId, done: Arc<Completed>, deletes: u64) {
-        if self.deletes.load(Ordering::Acquire) != deletes {
+        if self.0.deletes.load(Ordering::Acquire) != deletes {
             return;
         }
-        self.cache.insert(id, done);
-        if self.deletes.load(Ordering::Acquire) != deletes {
-            self.cache.remove(id);
+        self.0.cache.insert(id, done);
+        if self.0.deletes.load(Ordering::Acquire) != deletes {
+            self.0.cache.remove(id);
         }
     }
 
     /// The completed record of `id`, if any, changing nothing: from memory, else read beside the
     /// writer where the backend can, else by a claim that is given straight back.
     pub async fn peek_completed(&self, id: &RecordId, now_ms: i64) -> Result<Option<Arc<Completed>>, StoreError> {
-        if let Some(hit) = self.cache.get(id, now_ms) {
+        if let Some(hit) = self.0.cache.get(id, now_ms) {
             return Ok(Some(hit));
         }
-        if self.backend.can_lookup() {
-            return self.backend.lookup(id.clone()).await;
+        if self.0.backend.can_lookup() {
+            return self.0.backend.lookup(id.clone()).await;
         }
         let token = crate::gate::random_u64();
         let claim = Claim { id: id.clone(), token, fingerprint: None, now_ms, lease_ms: 10_000 };
-        match self.backend.claim(claim).await? {
+        match self.0.backend.claim(claim).await? {
             ClaimOutcome::Completed(done) => Ok(Some(done)),
-            ClaimOutcome::Claimed { token, .. } => self.backend.release(id.clone(), token).await.map(|()| None),
+            ClaimOutcome::Claimed { token, .. } => self.0.backend.release(id.clone(), token).await.map(|()| None),
             ClaimOutcome::InFlight { .. } => Ok(None),
         }
     }
 
     pub async fn release(&self, id: &RecordId, token: u64) -> Result<(), StoreError> {
-        timed(&self.timings.release, self.backend.release(id.clone(), token)).await
+        timed(&self.0.timings.release, self.0.backend.release(id.clone(), token)).await
     }
 
     pub async fn get(&self, id: &RecordId) -> Result<Option<Record>, StoreError> {
-        timed(&self.timings.get, self.backend.get(id.clone())).await
+        timed(&self.0.timings.get, self.0.backend.get(id.clone())).await
     }
 
     pub async fn delete(&self, id: &RecordId) -> Result<bool, StoreError> {
-        let deleted = timed(&self.timings.delete, self.backend.delete(id.clone())).await;
+        let deleted = timed(&self.0.timings.delete, self.0.backend.delete(id.clone())).await;
         // Counted after the backend delete and before the cache removal: see cache_unless_deleted.
-        self.deletes.fetch_add(1, Ordering::AcqRel);
-        self.cache.remove(id);
+        self.0.deletes.fetch_add(1, Ordering::AcqRel);
+        self.0.cache.remove(id);
         let deleted = deleted?;
         Ok(deleted)
     }
 
     /// An entity's version, for the stale guard; never cached: other replicas raise it.
     pub async fn version(&self, id: &RecordId) -> Result<Option<Version>, StoreError> {
-        self.backend.version(id.clone()).await
+        self.0.backend.version(id.clone()).await
     }
 
     pub async fn raise_version(&self, id: &RecordId, version: Version, expires_ms: i64) -> Result<(), StoreError> {
-        self.backend.raise_version(id.clone(), version, expires_ms).await
+        self.0.backend.raise_version(id.clone(), version, expires_ms).await
     }
 }
 
