@@ -179,7 +179,7 @@ where
     };
     let verdict = match stage.claim(route, &id, fingerprint, true).await {
         Ok(Claimed::Owned(lease)) => {
-            Verdict::Owned(Box::new(Exchange { route: route.clone(), lease: *lease, fingerprint, forward_key: false }))
+            Verdict::Owned(Box::new(Exchange { route: route.clone(), lease, fingerprint, forward_key: false }))
         }
         Ok(Claimed::Replay(_)) => Verdict::Would { would: Would::replayed, reason: Some("completed key".into()) },
         Ok(Claimed::Mismatch) => refused(Would::mismatch, Problem::Mismatch),

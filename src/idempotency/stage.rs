@@ -148,7 +148,9 @@ impl<S> Stage<S> {
 /// What an owned key's exchange works with.
 pub(super) struct Exchange {
     pub(super) route: Arc<Route>,
-    pub(super) lease: Lease,
+    /// Boxed, as the claim gave it: every future of the exchange carries the exchange, some of
+    /// them twice (an async fn keeps its arguments beside its locals), and each is copied in.
+    pub(super) lease: Box<Lease>,
     pub(super) fingerprint: Option<Fingerprint>,
     /// The app gets the key in `forward_key_header` (not in shadow mode, which forwards the
     /// request as it arrived).
@@ -221,7 +223,7 @@ where
                     if lease.took_over {
                         note(&|f| f.took_over());
                     }
-                    let exchange = Exchange { route, lease: *lease, fingerprint, forward_key: true };
+                    let exchange = Exchange { route, lease, fingerprint, forward_key: true };
                     return self.detached_exchange(exchange, parts, body).await;
                 }
             }
