@@ -184,6 +184,13 @@ impl Entry {
     }
 }
 
+impl Held {
+    /// Whether requests of this process wait for the key now (concurrent duplicates).
+    pub fn awaited(&self) -> bool {
+        self.waiters.lock(&self.id).get(&self.id).is_some_and(|e| e.waiting > 0)
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.waiters.leave(&self.id, &self.notify, |e| e.waiting = e.waiting.saturating_sub(1));

@@ -32,7 +32,9 @@ async fn metrics_count_requests_by_route_and_outcome() {
     assert_eq!(counted("replayed", "hooks").await, 2.0);
     assert_eq!(counted("rejected", "hooks").await, 1.0);
     assert_eq!(counted("passthrough", "-").await, 1.0);
-    assert_eq!(proxy.metric("idemgate_cache_hits_total").await, 2.0, "replays came from memory");
+    // The first duplicate reads the record from the store and keeps it in memory; the second
+    // is answered from there.
+    assert_eq!(proxy.metric("idemgate_cache_hits_total").await, 1.0, "the second replay came from memory");
     let class = |class: &'static str, route: &'static str| {
         let proxy = &proxy;
         async move { proxy.metric(&format!("idemgate_app_responses_total{{route=\"{route}\",class=\"{class}\"}}")).await }
@@ -111,6 +113,26 @@ async fn the_admin_token_guards_key_administration_only() {
     assert_eq!(proxy.admin.get("/metrics").await.status, 200);
 }
 
+/// A completed record goes into memory once it is asked for again, not at its completion: most
+/// deliveries are never repeated, and memory is for those that are.
+#[tokio::test]
+async fn a_record_is_cached_once_a_duplicate_asks_for_it() {
+    let app = TestApp::start().await;
+    let proxy = TestProxy::start(&app, HEADER_ROUTE).await;
+    let entries = || proxy.metric("idemgate_cache_entries");
+    assert_eq!(proxy.post("/hooks/a", &[("idempotency-key", "once")], "{}").await.status, 200);
+    assert_eq!(entries().await, 0.0, "a first delivery's record stays in the store only");
+    let first = proxy.post("/hooks/a", &[("idempotency-key", "once")], "{}").await;
+    assert!(first.replayed());
+    assert_eq!(proxy.metric("idemgate_cache_hits_total").await, 0.0, "the first duplicate read the store");
+    assert_eq!(entries().await, 1.0, "and kept the record in memory");
+    let second = proxy.post("/hooks/a", &[("idempotency-key", "once")], "{}").await;
+    assert!(second.replayed());
+    assert_eq!(second.body, first.body);
+    assert_eq!(proxy.metric("idemgate_cache_hits_total").await, 1.0, "the next came from memory");
+    assert_eq!(app.count("once"), 1);
+}
+
 #[tokio::test]
 async fn metrics_show_the_build_the_store_size_and_the_cache_held_within_its_bound() {
     let app = TestApp::start().await;
@@ -121,7 +143,10 @@ async fn metrics_show_the_build_the_store_size_and_the_cache_held_within_its_bou
     let text = String::from_utf8(proxy.admin.get("/metrics").await.body.to_vec()).unwrap();
     assert!(text.contains(&format!("idemgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
     for i in 0..20 {
-        proxy.post("/hooks/a", &[("idempotency-key", &format!("e{i}"))], "{}").await;
+        let key = format!("e{i}");
+        proxy.post("/hooks/a", &[("idempotency-key", &key)], "{}").await;
+        // Asked for again: the record goes into memory.
+        assert!(proxy.post("/hooks/a", &[("idempotency-key", &key)], "{}").await.replayed());
     }
     // A 4 KiB cache holds a few of the 20 records: the others are evicted by the byte bound. The
     // store is measured by the sweeper, in the background: poll, bounded.

@@ -62,6 +62,10 @@ async fn fifty_concurrent_deliveries_in_wait_mode_all_get_the_one_response() {
     }
     assert_eq!(app.count("storm"), 1);
     assert_eq!(replayed, 49);
+    // Duplicates were waiting when the key completed: its record went into memory at once, and
+    // every waiter was answered from there, none from the store.
+    assert_eq!(proxy.metric("idemgate_cache_hits_total").await, 49.0);
+    assert_eq!(proxy.metric("idemgate_cache_misses_total").await, 50.0);
 }
 
 #[tokio::test]

@@ -50,7 +50,8 @@ impl Lease {
     /// Stores the response if this lease still owns the key; false if another request took it
     /// over meanwhile (the lease ran out). An error leaves the lease open, to try again or release.
     pub async fn complete(&mut self, completed: Arc<Completed>) -> Result<bool, StoreError> {
-        let stored = self.records.complete(&self.id, self.token, completed).await?;
+        let awaited = self.held.as_ref().is_some_and(Held::awaited);
+        let stored = self.records.complete(&self.id, self.token, completed, awaited).await?;
         self.end();
         Ok(stored)
     }

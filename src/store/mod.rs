@@ -184,6 +184,14 @@ pub struct StoreStats {
 }
 
 /// The store as the pipeline sees it: cache first for completed keys, backend for the rest.
+///
+/// With SQLite, a completed record goes into memory when it is asked for again: when a claim
+/// finds it in the store, or at its completion if duplicates are already waiting for it. Most
+/// deliveries are never repeated; cached at completion, every one of them took its place in
+/// memory and, once the cache was full, pushed out one that was (a first-seen key cost ~11% more
+/// CPU beside a full cache of them). The first duplicate of a key reads the file instead. With
+/// Postgres or Redis every completed record goes in at once: the cache is what still replays
+/// while the shared store is unreachable.
 /// Clones share one allocation: every first-seen request's lease holds a clone, and one reference
 /// count is all it touches (a clone of the fields was nine counts, each shared by both worker
 /// threads, moved between their caches twice per request).
@@ -275,11 +283,22 @@ impl Records {
         outcome
     }
 
-    /// `done` is shared with the caller, who may need it again to retry.
-    pub async fn complete(&self, id: &RecordId, token: u64, done: Arc<Completed>) -> Result<bool, StoreError> {
+    /// `done` is shared with the caller, who may need it again to retry. With SQLite it goes into
+    /// memory only if `awaited` (duplicates are waiting for it; see [`Records`]).
+    pub async fn complete(
+        &self,
+        id: &RecordId,
+        token: u64,
+        done: Arc<Completed>,
+        awaited: bool,
+    ) -> Result<bool, StoreError> {
         let deletes = self.0.deletes.load(Ordering::Acquire);
-        let stored = timed(&self.0.timings.complete, self.0.backend.complete(id.clone(), token, done.clone())).await?;
-        if stored {
+        // A store that cannot be read beside its writer is a network away and can be out: there
+        // memory is what answers duplicates of keys completed here while it is, so every record
+        // goes in at once.
+        let kept = (awaited || !self.0.backend.can_lookup()).then(|| done.clone());
+        let stored = timed(&self.0.timings.complete, self.0.backend.complete(id.clone(), token, done)).await?;
+        if let Some(done) = kept.filter(|_| stored) {
             self.cache_unless_deleted(id, done, deletes);
         }
         Ok(stored)

@@ -69,7 +69,9 @@ impl Subject {
         let done = Arc::new(done);
         match self {
             Subject::Store(store) => store.complete(id.clone(), token, done).await,
-            Subject::Records(records, _) => records.complete(id, token, done).await,
+            // Both ways a completion meets the cache: kept at once (a duplicate waits for it), or
+            // only once a claim finds it in the store.
+            Subject::Records(records, _) => records.complete(id, token, done, token.is_multiple_of(2)).await,
         }
         .expect("complete")
     }

@@ -112,7 +112,8 @@ fn a_replay_from_memory_carries_the_creation_time_a_replay_from_the_store_does()
         let response = StoredResponse { status: 200, headers: vec![], body: "ok".into(), body_omitted: false };
         let done =
             Completed { fingerprint: None, response, created_ms: completed_at, expires_ms: completed_at + 60_000 };
-        assert!(records.complete(&id, 1, Arc::new(done)).await.unwrap());
+        // Awaited: kept in memory at once, as for a duplicate that waits for the key.
+        assert!(records.complete(&id, 1, Arc::new(done), true).await.unwrap());
         let created = |found| match found {
             ClaimOutcome::Completed(done) => done.created_ms,
             other => panic!("expected a replay, got {other:?}"),
