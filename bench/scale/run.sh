@@ -454,7 +454,7 @@ fi
     # record really costs (at the large size the replay runs have already filled the cache).
     if [[ -n "${REQS[small-new]:-}" && -n "${RSS_BEFORE[small-new]:-}" ]]; then
         awk -v b="${RSS_BEFORE[small-new]}" -v a="${RSS_AFTER[small-new]}" -v n="${REQS[small-new]}" -v what="$SMALL" 'BEGIN {
-            printf "  %-44s %+8.1f MiB for %d new keys = %.0f bytes per cached key\n", "RSS growth during the new-keys run at " what, (a - b) / 1024, n, (n > 0) ? (a - b) * 1024 / n : 0
+            printf "  %-44s %+8.1f MiB for %d new keys = %.0f bytes per new key (with SQLite a new key is cached only once asked for again)\n", "RSS growth during the new-keys run at " what, (a - b) / 1024, n, (n > 0) ? (a - b) * 1024 / n : 0
         }'
     fi
     echo
