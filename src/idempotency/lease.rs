@@ -30,7 +30,8 @@ pub struct Lease {
     pub claimed_ms: i64,
     /// The claim took over a key whose previous claim's lease ended unfinished.
     pub took_over: bool,
-    /// Wakes the key's waiters once the lease has ended (completed or released).
+    /// Wakes the key's waiters once the lease has ended (completed or released); `None` on a
+    /// route whose duplicates do not wait (`concurrent: reject`).
     held: Option<Held>,
     ended: bool,
 }
@@ -42,9 +43,9 @@ impl Lease {
         token: u64,
         claimed_ms: i64,
         took_over: bool,
-        held: Held,
+        held: Option<Held>,
     ) -> Lease {
-        Lease { records, id, token, claimed_ms, took_over, held: Some(held), ended: false }
+        Lease { records, id, token, claimed_ms, took_over, held, ended: false }
     }
 
     /// Stores the response if this lease still owns the key; false if another request took it
@@ -123,7 +124,7 @@ mod tests {
         let (records, waiters) = (records(&dir).await, Waiters::default());
         let ClaimOutcome::Claimed { token, .. } = claim(&records, 1).await else { panic!("first claim") };
         let id = RecordId { route: "r".into(), scope: String::new(), key: "k".into() };
-        let lease = Lease::new(records.clone(), id.clone(), token, now_ms(), false, waiters.hold(&id));
+        let lease = Lease::new(records.clone(), id.clone(), token, now_ms(), false, Some(waiters.hold(&id)));
         assert!(matches!(claim(&records, 2).await, ClaimOutcome::InFlight { .. }));
         drop(lease);
         // The release runs on a task of its own; the waiters' entry goes with it.

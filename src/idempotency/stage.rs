@@ -273,7 +273,9 @@ where
             Decision::InFlight { expires_ms } => return Ok(Claimed::InFlight { expires_ms }),
             Decision::Forward { token, took_over } => (token, took_over),
         };
-        let held = gate.waiters.hold(id);
+        // Only a route that waits has duplicates to wake. (A reload that makes it wait meanwhile
+        // leaves its new waiters polling this key, as for a key held by another replica.)
+        let held = (route.policy.concurrent == Concurrent::Wait).then(|| gate.waiters.hold(id));
         let lease = Lease::new(gate.records.clone(), id.clone(), token, claimed_ms, took_over, held);
         if let Some(legacy) = self.legacy(route, id, fingerprint).await? {
             // Completed by an older idemgate for this client: the claim is not needed.

@@ -74,7 +74,7 @@ pub(super) async fn enter(gate: &Gate, route: &Route, id: RecordId, version: Ver
         };
         match decide(gate.records.backend().claim(claim).await?, None) {
             Decision::Forward { token, took_over } => {
-                let held = gate.waiters.hold(&hold_id);
+                let held = Some(gate.waiters.hold(&hold_id));
                 break Lease::new(gate.records.clone(), hold_id, token, claimed_ms, took_over, held);
             }
             Decision::InFlight { expires_ms } => {
