@@ -192,6 +192,7 @@ pub struct StoreStats {
 /// CPU beside a full cache of them). The first duplicate of a key reads the file instead. With
 /// Postgres or Redis every completed record goes in at once: the cache is what still replays
 /// while the shared store is unreachable.
+///
 /// Clones share one allocation: every first-seen request's lease holds a clone, and one reference
 /// count is all it touches (a clone of the fields was nine counts, each shared by both worker
 /// threads, moved between their caches twice per request).
