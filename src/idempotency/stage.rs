@@ -457,11 +457,16 @@ where
         replay::capture(response?, route.policy.max_response_body.0, deadline, timeout, memory).await
     }
 
-    pub(super) fn call_app(&self, req: Request<Body>) -> SendFuture<Result<Response<RB>, Problem>> {
+    pub(super) fn call_app(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<RB>, Problem>> + Send + 'static + use<S, RB> {
+        use futures_util::FutureExt;
         let timeout = self.gate.upstream_timeout;
-        // Boxed outside the async block: there the compiler proves `S::Future: Send` from the bound.
+        // Boxed here, where the compiler proves `S::Future: Send` from the bound; the answer's
+        // error is mapped without a second box.
         let call: SendFuture<Result<Response<RB>, S::Error>> = Box::pin(S::clone(&self.app).oneshot(req));
-        Box::pin(async move { call.await.map_err(|e| Problem::from_app(e.into(), timeout)) })
+        call.map(move |answer| answer.map_err(|e| Problem::from_app(e.into(), timeout)))
     }
 
     /// Stage `commit`: a status in `store_status` completes the key, durably, before the response
