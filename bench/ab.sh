@@ -38,27 +38,19 @@ PIDS=()
 NAMES=()
 start_one_target_bench
 
-per_req() { # ticks requests: microseconds per request
-    awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
-}
-
 run() { # name cmd...
-    local name=$1 pid before after user_before user_after res n perf_pid="" counts=""
+    local name=$1 pid res n perf_pid="" counts=""
     shift
     rm -rf "${WORKDIR:?}/db/"*
     start_bg "$name" "$@"
     pid=$LAST_PID
     wait_http "$name" "$pid" "http://$TGT_ADDR/healthz"
-    timeout 20 wrk -t1 -c1 -d1s -s "$LUA" "http://$TGT_ADDR" -- warm hot=hot run=warm >/dev/null 2>&1 || true
+    warm_hot_keys "http://$TGT_ADDR"
     if [[ "${PERF_STAT:-0}" == 1 ]]; then
         perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_futex,context-switches,page-faults -p "$pid" -o "$WORKDIR/$name.perf" &
         perf_pid=$!
     fi
-    before=$(cpu_ticks "$pid")
-    user_before=$(cpu_ticks "$pid" user)
-    res=$(timeout 60 wrk -t2 -c32 -d"$DURATION" -s "$LUA" "http://$TGT_ADDR" -- "$MODE" hot=hot run="ab$$-$RANDOM" 2>&1 | grep '^RESULT' || true)
-    after=$(cpu_ticks "$pid")
-    user_after=$(cpu_ticks "$pid" user)
+    res=$(measured_wrk "$pid" "http://$TGT_ADDR" "$MODE" "ab$$-$RANDOM")
     if [[ -n "$perf_pid" ]]; then
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
@@ -72,7 +64,7 @@ run() { # name cmd...
             $3 ~ /context-switches/ { c = $1 } $3 ~ /page-faults/ { p = $1 }
             END { printf " syscalls_per_req=%.2f futex_per_req=%.2f switches_per_req=%.2f faults_per_req=%.3f", s / n, f / n, c / n, p / n }' "$WORKDIR/$name.perf")
     fi
-    echo "RESULT target=$name rps=$(field "$res" rps) cpu_us=$(per_req $((after - before)) "$n") user_us=$(per_req $((user_after - user_before)) "$n")$counts"
+    echo "RESULT target=$name rps=$(field "$res" rps) cpu_us=$(field "$res" cpu_us) user_us=$(field "$res" user_us)$counts"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do

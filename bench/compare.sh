@@ -202,7 +202,7 @@ record() { # phase round mode target result-line
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" \
         "$(field "$r" rps)" "$(field "$r" p50_us)" "$(field "$r" p99_us)" "$(field "$r" non2xx)" \
         "$(field "$r" errors)" "$(field "$r" requests)" "$(field "$r" replayed)" \
-        "$(awk -v t="$(field "$r" cpu_ticks)" -v n="$(field "$r" requests)" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / hz / n : 0 }')" >>"$RESULTS"
+        "$(per_req "$(field "$r" cpu_ticks)" "$(field "$r" requests)")" >>"$RESULTS"
 }
 
 # The second delivery of a key must be a replay, or the dup numbers mean nothing.

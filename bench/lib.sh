@@ -88,6 +88,30 @@ cpu_ticks() { # pid [user]: user+system clock ticks of pid and its children, or 
 # shellcheck disable=SC2034 # read by the scripts that source this file
 HZ=$(getconf CLK_TCK)
 
+# Microseconds of CPU per request, from clock ticks and a request count.
+per_req() { # ticks requests
+    awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / hz / n : 0 }'
+}
+
+# One wrk -t2 -c32 run of webhook.lua ($LUA) in MODE for $DURATION, with the CPU of PID measured
+# around it: wrk's RESULT line plus cpu_us= and user_us= per request; nothing if wrk gave no result.
+measured_wrk() { # pid url mode run-id
+    local pid=$1 before user_before res after user_after n
+    before=$(cpu_ticks "$pid")
+    user_before=$(cpu_ticks "$pid" user)
+    res=$(timeout 60 wrk -t2 -c32 -d"$DURATION" -s "$LUA" "$2" -- "$3" hot=hot run="$4" 2>&1 | grep '^RESULT' || true)
+    after=$(cpu_ticks "$pid")
+    user_after=$(cpu_ticks "$pid" user)
+    [[ -n "$res" ]] || return 0
+    n=$(field "$res" requests)
+    echo "$res cpu_us=$(per_req $((after - before)) "$n") user_us=$(per_req $((user_after - user_before)) "$n")"
+}
+
+# Each hot key of webhook.lua stored once, over one connection, so that `dup` and `mix` replay.
+warm_hot_keys() { # url
+    timeout 20 wrk -t1 -c1 -d1s -s "$LUA" "$1" -- warm hot=hot run=warm >/dev/null 2>&1 || true
+}
+
 proc_kib() { # pid field (VmRSS, VmHWM) from /proc/PID/status
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
 }

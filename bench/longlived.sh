@@ -38,10 +38,6 @@ PIDS=()
 NAMES=()
 start_one_target_bench
 
-per_req() { # ticks requests: microseconds per request
-    awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'
-}
-
 declare -a T_PID T_ADDR T_NAME
 n=0
 for target in "$@"; do
@@ -72,22 +68,16 @@ for target in "$@"; do
     T_PID[n]=$LAST_PID
     T_ADDR[n]=$addr
     wait_http "${T_NAME[n]}" "$LAST_PID" "http://$addr/healthz"
-    timeout 20 wrk -t1 -c1 -d1s -s "$LUA" "http://$addr" -- warm hot=hot run=warm >/dev/null 2>&1 || true
+    warm_hot_keys "http://$addr"
 done
 
 for ((r = 1; r <= RUNS; r++)); do
     log "run $r/$RUNS, $MODE"
     for ((i = 1; i <= n; i++)); do
-        pid=${T_PID[i]}
-        before=$(cpu_ticks "$pid")
-        user_before=$(cpu_ticks "$pid" user)
-        res=$(timeout 60 wrk -t2 -c32 -d"$DURATION" -s "$LUA" "http://${T_ADDR[i]}" -- "$MODE" hot=hot run="ll$$-$r-$i" 2>&1 | grep '^RESULT' || true)
-        after=$(cpu_ticks "$pid")
-        user_after=$(cpu_ticks "$pid" user)
+        res=$(measured_wrk "${T_PID[i]}" "http://${T_ADDR[i]}" "$MODE" "ll$$-$r-$i")
         [[ -n "$res" ]] || die "${T_NAME[i]}: no wrk result (logs in $WORKDIR)"
-        requests=$(field "$res" requests)
-        rss=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")
-        echo "RESULT target=${T_NAME[i]} run=$r rps=$(field "$res" rps) cpu_us=$(per_req $((after - before)) "$requests") user_us=$(per_req $((user_after - user_before)) "$requests") rss_mib=$rss"
+        rss=$(awk -v k="$(proc_kib "${T_PID[i]}" VmRSS)" 'BEGIN { printf "%.1f", k / 1024 }')
+        echo "RESULT target=${T_NAME[i]} run=$r rps=$(field "$res" rps) cpu_us=$(field "$res" cpu_us) user_us=$(field "$res" user_us) rss_mib=$rss"
     done
 done
 log "work dir (logs, configs): $WORKDIR"

@@ -93,7 +93,7 @@ where
 /// What enforcing would have done with a request, as far as the shadow path needs to know.
 enum Verdict {
     /// First seen: claimed, to be forwarded and completed as on an enforcing route.
-    Owned(Box<Exchange>),
+    Owned(Exchange),
     /// Anything else enforcing would do; `reason` when it would not have forwarded.
     Would { would: Would, reason: Option<String> },
     /// The store could not say (unavailable, busy): enforcing would have answered 503.
@@ -137,7 +137,7 @@ where
         Verdict::Owned(exchange) => {
             report.would(Would::forwarded, None, None);
             Matched::keep_reserved(&mut parts.extensions, memory);
-            stage.detached_exchange(*exchange, parts, body).await
+            stage.detached_exchange(exchange, parts, body).await
         }
         Verdict::Would { would, reason } => {
             report.would(would, key.as_deref(), reason);
@@ -179,7 +179,7 @@ where
     };
     let verdict = match stage.claim(route, &id, fingerprint, true).await {
         Ok(Claimed::Owned(lease)) => {
-            Verdict::Owned(Box::new(Exchange { route: route.clone(), lease, fingerprint, forward_key: false }))
+            Verdict::Owned(Exchange { route: route.clone(), lease, fingerprint, forward_key: false })
         }
         Ok(Claimed::Replay(_)) => Verdict::Would { would: Would::replayed, reason: Some("completed key".into()) },
         Ok(Claimed::Mismatch) => refused(Would::mismatch, Problem::Mismatch),
